@@ -1,0 +1,309 @@
+"""Typed sweep configuration: one shape for `train`, `sweep` and `submit`, loaded from YAML.
+
+Every user error becomes a `ConfigError` whose one-line message names the file and the field, so the
+CLI can print it without a traceback before any trial starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from alphasweep.objectives import FAMILIES, parse_objective
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or option: printed as one line, exit code 2."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    name: str
+    path: str  # local directory saved with save_pretrained, or a hub id
+
+
+class DataSpec(_Strict):
+    """SFT data: a hub id (`datasets.load_dataset`) or a local .jsonl/.json/.parquet file."""
+
+    path: str
+    format: Literal["prompt_completion", "messages"] = "prompt_completion"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
+    split: str = "train"
+    subset: str | None = None
+    skip_bad_rows: bool = False
+    heldout: int = Field(64, ge=0, description="rows held out for the held-out NLL signal")
+
+
+class BenchmarkSpec(_Strict):
+    """One benchmark: a built-in name (gsm8k, math500, aime24, amc23) or a user's file with its fields."""
+
+    name: str
+    path: str | None = None  # local jsonl/json/parquet or hub id; None: the built-in's default
+    format: str | None = None  # built-in format name; None: the name if built in, else `custom`
+    split: str = "test"
+    subset: str | None = None
+    prompt_field: str | None = None
+    answer_field: str | None = None
+    scorer: Literal["math", "choice", "exact"] | None = None
+    template: str | None = None  # Python format string over the row's fields, e.g. "Q: {question}\nA:"
+    # None: the format decides (math/choice: the tokenizer's chat template; exact: the raw prompt)
+    use_chat_template: bool | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class DomainSpec(_Strict):
+    name: str
+    train: DataSpec
+    benchmarks: list[BenchmarkSpec] = Field(min_length=1)
+
+
+class RangeSpec(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeSpec:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+class SearchSpec(_Strict):
+    families: list[str] = Field(default_factory=lambda: ["nll", "p", "general"], min_length=1)
+    alpha: RangeSpec = RangeSpec(low=0.05, high=16.0, log=True)
+    threshold: RangeSpec = RangeSpec(low=0.05, high=0.9)
+    learning_rate: RangeSpec | None = None  # None: train.learning_rate for every trial
+    enqueue: list[str] = Field(default_factory=lambda: ["original", "p"])
+    probe_warm_start: bool = True
+    seed: int = 0
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, families: list[str]) -> list[str]:
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown family {unknown[0]!r}; expected one of {', '.join(FAMILIES)}")
+        return families
+
+    @field_validator("enqueue")
+    @classmethod
+    def _known_objectives(cls, names: list[str]) -> list[str]:
+        return [parse_objective(n).name for n in names]
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, r: RangeSpec) -> RangeSpec:
+        if r.low < -1 or r.high > 16:
+            raise ValueError("alpha must lie in [-1, 16]")
+        return r
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, r: RangeSpec) -> RangeSpec:
+        if r.low <= 0 or r.high >= 1:
+            raise ValueError("threshold must lie inside (0, 1)")
+        return r
+
+
+class BudgetSpec(_Strict):
+    trials_per_pair: int = Field(8, ge=1)
+    max_concurrent: int = Field(1, ge=1)
+
+
+class SchedulerSpec(_Strict):
+    kind: Literal["none", "asha"] = "none"
+    grace_steps: int = Field(50, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)  # sequences per optimizer step, over all workers
+    micro_batch_size: int | None = Field(None, ge=1)  # per worker; None: no accumulation
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    max_length: int = Field(256, ge=8)
+    packing: bool = False
+    workers: int = Field(1, ge=0)  # 0: run in the caller's process (Ray Train local mode)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    bf16: bool = True  # bf16 autocast where a GPU is used
+    seed: int = 0
+    report_every: int = Field(10, ge=1)
+    eval_every: int = Field(50, ge=1)  # held-out NLL, the intermediate signal for ASHA
+    checkpoint_every: int = Field(0, ge=0)  # 0: only the final checkpoint
+    max_failures: int = Field(1, ge=0)
+
+
+class EvalConfig(_Strict):
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n_samples: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = None
+    num_cpus: float = Field(0, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    timeout_s: float = Field(1800, gt=0)
+    max_restarts: int = Field(2, ge=0)
+    limit: int | None = Field(None, ge=1)  # cap every benchmark's rows (quick sweeps)
+    samples_logged: int = Field(20, ge=0)
+    seed: int = 0  # sampling seed (temperature > 0)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra vllm.LLM(...) arguments, e.g. enforce_eager
+
+
+class TrackingSpec(_Strict):
+    mlflow_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite in output_dir
+
+
+class StorageSpec(_Strict):
+    optuna: str | None = None  # None: $ALPHASWEEP_OPTUNA_STORAGE, else sqlite in output_dir
+    checkpoints: str | None = None  # None: $ALPHASWEEP_STORAGE_PATH, else output_dir/ray
+
+
+class SweepConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    output_dir: str
+    models: list[ModelSpec] = Field(min_length=1)
+    domains: list[DomainSpec] = Field(min_length=1)
+    search: SearchSpec = SearchSpec()
+    budget: BudgetSpec = BudgetSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingSpec = TrackingSpec()
+    storage: StorageSpec = StorageSpec()
+    demo: dict[str, Any] | None = None  # the embedded default: which tiny pairs to build (see demo.py)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir).expanduser().resolve()
+
+    def mlflow_uri(self) -> str:
+        return (
+            self.tracking.mlflow_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{self.out / 'mlflow.db'}"
+        )
+
+    def optuna_storage(self) -> str:
+        return (
+            self.storage.optuna
+            or os.environ.get("ALPHASWEEP_OPTUNA_STORAGE")
+            or f"sqlite:///{self.out / 'optuna.db'}"
+        )
+
+    def checkpoint_root(self) -> str:
+        return self.storage.checkpoints or os.environ.get("ALPHASWEEP_STORAGE_PATH") or str(self.out / "ray")
+
+    def pairs(self) -> list[tuple[ModelSpec, DomainSpec]]:
+        return [(m, d) for m in self.models for d in self.domains]
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "<top level>"
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative local paths relative to the config file, so a config runs from any cwd."""
+
+    def fix(p: str) -> str:
+        candidate = base / p
+        return str(candidate) if not Path(p).is_absolute() and (p.startswith(".") or candidate.exists()) else p
+
+    if isinstance(raw.get("output_dir"), str) and not Path(raw["output_dir"]).is_absolute():
+        raw["output_dir"] = str(base / raw["output_dir"])
+    for m in raw.get("models") or []:
+        if isinstance(m, dict) and isinstance(m.get("path"), str):
+            m["path"] = fix(m["path"])
+    for d in raw.get("domains") or []:
+        if not isinstance(d, dict):
+            continue
+        if isinstance(d.get("train"), dict) and isinstance(d["train"].get("path"), str):
+            d["train"]["path"] = fix(d["train"]["path"])
+        for b in d.get("benchmarks") or []:
+            if isinstance(b, dict) and isinstance(b.get("path"), str):
+                b["path"] = fix(b["path"])
+    return raw
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply a `section.key=value` override to a raw config dict."""
+    *parents, last = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+    node[last] = value
+
+
+def parse_config(raw: Any, source: str = "<config>", overrides: list[str] = ()) -> SweepConfig:
+    """Validate a raw mapping; `overrides` are `a.b=value` strings whose values are parsed as YAML."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        set_dotted(raw, key.strip(), yaml.safe_load(value))
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{source}: {_field_path(err['loc'])}: {msg}{more}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
+    """Read, resolve relative paths against the file's folder, apply overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if isinstance(raw, dict):
+        raw = _resolve_paths(raw, path.resolve().parent)
+    return parse_config(raw, str(path), overrides)
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or Path(path).suffix in {".jsonl", ".json", ".parquet"}
+
+
+def check_local_paths(cfg: SweepConfig) -> None:
+    """Before Ray starts: every model, data and benchmark path that names a local file must exist.
+
+    Not part of validation, because `submit` validates a config whose paths live on the cluster.
+    """
+    for i, m in enumerate(cfg.models):
+        if _looks_local(m.path) and not Path(m.path).expanduser().exists():
+            raise ConfigError(f"models.{i}.path: model directory not found: {m.path}")
+    for i, d in enumerate(cfg.domains):
+        if _looks_local(d.train.path) and not Path(d.train.path).expanduser().is_file():
+            raise ConfigError(f"domains.{i}.train.path: data file not found: {d.train.path}")
+        for j, b in enumerate(d.benchmarks):
+            if b.path and _looks_local(b.path) and not Path(b.path).expanduser().exists():
+                raise ConfigError(f"domains.{i}.benchmarks.{j}.path: benchmark file not found: {b.path}")

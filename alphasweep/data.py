@@ -1,0 +1,166 @@
+"""SFT data: rows from a hub id or a local file, tokenized with loss on completion tokens only.
+
+Two row formats: `prompt_completion` (raw `prompt + completion + EOS`, as the base model reads text)
+and chat `messages` (rendered with the tokenizer's chat template; loss on every assistant turn).
+Bad rows raise a `DataError` naming the file, row and field, or are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alphasweep.config import DataSpec
+
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """A problem with the SFT data that the user must fix (or skip with `skip_bad_rows: true`)."""
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    loss_mask: list[bool]  # True where the token is a target (completion / assistant turn)
+
+
+@dataclass
+class SFTData:
+    train: list[Example]
+    heldout: list[Example]
+    stats: dict[str, int] = field(default_factory=dict)  # rows, skipped, truncated
+
+
+def load_rows(spec: DataSpec) -> list[dict]:
+    """Rows as dicts: a local .jsonl/.json/.parquet through `datasets`, else a hub dataset id."""
+    import datasets
+
+    path = Path(spec.path).expanduser()
+    try:
+        if path.suffix in _LOCAL_FORMATS:
+            if not path.is_file():
+                raise DataError(f"data file not found: {path}")
+            ds = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        elif path.is_dir() or spec.path.startswith((".", "/")):
+            raise DataError(f"data path {spec.path}: expected a .jsonl, .json or .parquet file or a hub id")
+        else:
+            ds = datasets.load_dataset(spec.path, spec.subset, split=spec.split)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 — datasets raises many types; the user needs the cause in one line
+        raise DataError(f"cannot load data {spec.path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return list(ds)
+
+
+def _check_row(row: dict, spec: DataSpec) -> None:
+    if spec.format == "prompt_completion":
+        for name in (spec.prompt_field, spec.completion_field):
+            if name not in row or row[name] is None:
+                raise DataError(f"missing field {name!r}")
+            if not isinstance(row[name], str):
+                raise DataError(f"field {name!r}: expected a string, got {type(row[name]).__name__}")
+        if not row[spec.completion_field].strip():
+            raise DataError(f"field {spec.completion_field!r}: empty completion")
+        return
+    messages = row.get(spec.messages_field)
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"field {spec.messages_field!r}: expected a non-empty list of messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"field {spec.messages_field!r}[{i}]: expected {{role: str, content: str}}")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise DataError(f"field {spec.messages_field!r}: no non-empty assistant message")
+
+
+def _encode_prompt_completion(row: dict, spec: DataSpec, tok) -> Example:
+    prompt = tok(row[spec.prompt_field])["input_ids"]  # adds BOS where the tokenizer does
+    completion = tok(row[spec.completion_field], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion))
+
+
+def _encode_messages(row: dict, spec: DataSpec, tok) -> Example:
+    """Render the conversation prefix by prefix, so each assistant turn's tokens are the targets."""
+    messages = row[spec.messages_field]
+    ids: list[int] = []
+    mask: list[bool] = []
+
+    def render(upto: int, generation_prompt: bool) -> list[int]:
+        text = tok.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=generation_prompt)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before, after = render(i, True), render(i + 1, False)
+        ids, mask = ids + before[len(ids):], mask + [False] * (len(before) - len(ids))
+        mask += [True] * (len(after) - len(ids))
+        ids = after
+    return Example(ids, mask)
+
+
+def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int, source: str) -> tuple[list[Example], dict]:
+    """Validate and tokenize rows; truncate to `max_length` and count what was truncated or skipped."""
+    if spec.format == "messages" and not tokenizer.chat_template:
+        raise DataError(f"{source}: format 'messages' needs a tokenizer with a chat template")
+    encode = _encode_prompt_completion if spec.format == "prompt_completion" else _encode_messages
+    examples, skipped, truncated = [], 0, 0
+    for i, row in enumerate(rows):
+        try:
+            _check_row(row, spec)
+        except DataError as e:
+            if spec.skip_bad_rows:
+                skipped += 1
+                continue
+            raise DataError(f"{source}: row {i}: {e}") from None
+        ex = encode(row, spec, tokenizer)
+        if len(ex.input_ids) > max_length:
+            truncated += 1
+            ex = Example(ex.input_ids[:max_length], ex.loss_mask[:max_length])
+        examples.append(ex)
+    if not examples:
+        raise DataError(f"{source}: no usable rows (skipped {skipped})")
+    return examples, {"rows": len(rows), "skipped": skipped, "truncated": truncated}
+
+
+def load_sft_data(spec: DataSpec, tokenizer, max_length: int, seed: int = 0) -> SFTData:
+    """Load, tokenize, shuffle with `seed`, and hold out `spec.heldout` rows for held-out NLL."""
+    examples, stats = tokenize_rows(load_rows(spec), tokenizer, spec, max_length, spec.path)
+    random.Random(seed).shuffle(examples)
+    n_heldout = min(spec.heldout, len(examples) // 5)
+    return SFTData(train=examples[n_heldout:], heldout=examples[:n_heldout], stats=stats)
+
+
+def pack(examples: list[Example], max_length: int) -> list[Example]:
+    """Concatenate examples into rows of at most `max_length` tokens (fewer pad tokens, same targets)."""
+    rows, ids, mask = [], [], []
+    for ex in examples:
+        if ids and len(ids) + len(ex.input_ids) > max_length:
+            rows.append(Example(ids, mask))
+            ids, mask = [], []
+        ids, mask = ids + ex.input_ids, mask + ex.loss_mask
+    if ids:
+        rows.append(Example(ids, mask))
+    return rows
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row; `labels[t]` is the next token, `loss_mask[t]` whether it is a target."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    target = torch.zeros((len(examples), width), dtype=torch.bool)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        target[row, :n] = torch.tensor(e.loss_mask)
+        attention[row, :n] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "labels": ids[:, 1:],
+        "loss_mask": target[:, 1:],
+    }

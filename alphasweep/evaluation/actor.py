@@ -1,0 +1,193 @@
+"""The evaluator: load a checkpoint, generate on benchmarks, score; a long-lived Ray actor in sweeps.
+
+`Evaluator` is plain Python (the CLI and tests use it directly); the actor is `ray.remote(Evaluator)`.
+It keeps one model loaded, keyed by checkpoint path: evaluating several benchmarks of one checkpoint
+loads it once, and a new path replaces (and frees) the old model. Benchmark rows are cached.
+
+Resources: the actor asks for `eval.num_cpus` (default 0, so it never blocks training workers on CPU)
+and `eval.num_gpus`; with `num_gpus: 0`, a `vllm` backend, or `auto` on a cluster with GPUs, gets
+`tensor_parallel_size` GPUs.
+
+Failures: `evaluate_with_timeout` turns a crash of the actor (RayActorError), a timeout, or an error
+raised by `evaluate` into `{"error": ...}`. A crashed actor is restarted by Ray (`max_restarts`); a
+timed-out one is killed with `ray.kill(actor, no_restart=False)`, which restarts it. Either way the
+next request works. Note that the timeout counts from submission, so it includes time spent queued
+behind other trials' evaluations: size `eval.timeout_s` for `budget.max_concurrent` evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from alphasweep.config import BenchmarkSpec, EvalConfig
+from alphasweep.evaluation.backends import make_backend, resolve_backend, resolve_checkpoint
+from alphasweep.evaluation.benchmarks import Benchmark, load_benchmark, resolve_spec
+from alphasweep.evaluation.scorers import EXTRACTORS, SCORERS
+
+__all__ = ["Evaluator", "evaluate_with_timeout", "get_evaluator"]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Evaluator:
+    """Scores checkpoints on benchmarks. Usable as is, or as a Ray actor (`ray.remote(Evaluator)`)."""
+
+    def __init__(self, eval_cfg: EvalConfig | dict | None = None, log: Callable[[str], None] | None = _stderr):
+        self.cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.model_validate(eval_cfg or {})
+        self.backend = make_backend(self.cfg)
+        self._log = log or (lambda msg: None)
+        self._benchmarks: dict[str, Benchmark] = {}  # rows cache, keyed by the spec and limit
+
+    # ------------------------------------------------------------ public
+
+    def evaluate(self, checkpoint: str, benchmarks: list[BenchmarkSpec | dict | str],
+                 limit: int | None = None) -> dict[str, Any]:
+        """Generate and score; returns scores (avg@k), pass@k, n per benchmark, mean_score, per-sample
+        records and the wall-clock seconds. Bad checkpoints raise FileNotFoundError, bad benchmarks
+        ValueError, before any model is loaded."""
+        started = time.perf_counter()
+        path = resolve_checkpoint(checkpoint)
+        specs = [resolve_spec(b) for b in benchmarks]
+        if not specs:
+            raise ValueError("no benchmarks to evaluate")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be unique, got {names}")
+        limit = min((c for c in (limit, self.cfg.limit) if c is not None), default=None)
+        loaded = [self._benchmark(s, limit) for s in specs]
+        t_load = time.perf_counter()
+        reloaded = self.backend.path != path
+        self.backend.load(path)
+        if reloaded:
+            self._log(f"[eval] loaded {path} ({self.backend.name}) in {time.perf_counter() - t_load:.1f}s")
+        k = self.cfg.n_samples
+        scores, pass_at_k, counts, records = {}, {}, {}, []
+        for bench in loaded:
+            t0 = time.perf_counter()
+            prompts = bench.prompts(self.backend.tokenizer)
+            completions = self.backend.generate(prompts, k)
+            score, extract = SCORERS[bench.scorer], EXTRACTORS[bench.scorer]
+            correct_total, solved = 0, 0
+            for item, prompt, samples in zip(bench.items, prompts, completions, strict=True):
+                marks = []
+                for s, completion in enumerate(samples):
+                    ok = bool(score(completion, item.gold))
+                    marks.append(ok)
+                    records.append({
+                        "benchmark": bench.name, "index": item.index, "sample": s, "prompt": prompt,
+                        "completion": completion, "extracted": extract(completion), "gold": item.gold,
+                        "correct": ok,
+                    })
+                correct_total += sum(marks)
+                solved += any(marks)
+            n = len(bench.items)
+            scores[bench.name] = correct_total / (n * k)
+            pass_at_k[bench.name] = solved / n
+            counts[bench.name] = n
+            self._log(f"[eval] {bench.name}: n={n} accuracy={scores[bench.name]:.4f}"
+                      + (f" pass@{k}={pass_at_k[bench.name]:.4f}" if k > 1 else "")
+                      + f" ({time.perf_counter() - t0:.1f}s)")
+        return {
+            "checkpoint": path,
+            "backend": self.backend.name,
+            "scores": scores,
+            "pass_at_k": pass_at_k,
+            "k": k,
+            "n": counts,
+            "mean_score": sum(scores.values()) / len(scores),
+            "records": records,
+            "seconds": time.perf_counter() - started,
+        }
+
+    def loaded(self) -> str | None:
+        """The checkpoint currently in memory."""
+        return self.backend.path
+
+    def info(self) -> dict[str, Any]:
+        """Process id, backend, loaded checkpoint and resident memory (for health checks and tests)."""
+        import psutil
+
+        return {"pid": os.getpid(), "backend": self.backend.name, "checkpoint": self.backend.path,
+                "rss": psutil.Process().memory_info().rss}
+
+    def close(self) -> None:
+        """Free the loaded model (and, for vLLM, stop its engine process)."""
+        self.backend.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _benchmark(self, spec: BenchmarkSpec, limit: int | None) -> Benchmark:
+        key = json.dumps([spec.model_dump(mode="json"), limit], sort_keys=True)
+        if key not in self._benchmarks:
+            if len(self._benchmarks) >= 32:
+                self._benchmarks.pop(next(iter(self._benchmarks)))
+            self._benchmarks[key] = load_benchmark(spec, limit)
+        return self._benchmarks[key]
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def _actor_gpus(cfg: EvalConfig) -> float:
+    if cfg.num_gpus > 0:
+        return cfg.num_gpus
+    if cfg.backend == "hf":
+        return 0
+    if cfg.backend == "vllm":
+        return cfg.tensor_parallel_size
+    import ray
+
+    return cfg.tensor_parallel_size if ray.cluster_resources().get("GPU", 0) >= cfg.tensor_parallel_size else 0
+
+
+def get_evaluator(eval_cfg: EvalConfig | dict | None = None, name: str = "alphasweep-evaluator",
+                  namespace: str | None = None, lifetime: str | None = None):
+    """Get the named evaluator actor, or create it (`get_if_exists`): one per name and namespace.
+
+    With `lifetime=None` the actor shares the fate of the process that created it first: create it from
+    the sweep driver (before the Tuner starts), so trials reuse it and it outlives each trial.
+    """
+    import ray
+
+    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.model_validate(eval_cfg or {})
+    if cfg.backend == "vllm":
+        resolve_backend("vllm")  # a clear error on the driver when vllm is not installed
+    actor_cls = ray.remote(Evaluator)
+    return actor_cls.options(
+        name=name, namespace=namespace, get_if_exists=True, lifetime=lifetime,
+        num_cpus=cfg.num_cpus, num_gpus=_actor_gpus(cfg),
+        max_restarts=cfg.max_restarts, max_task_retries=0, max_concurrency=1,
+    ).remote(cfg)
+
+
+def evaluate_with_timeout(actor, checkpoint: str, benchmarks: list[BenchmarkSpec | dict | str],
+                          timeout_s: float, *, limit: int | None = None) -> dict[str, Any]:
+    """`actor.evaluate(...)` with a deadline. Returns its result, or `{"error": message}` when the actor
+    crashed (Ray restarts it), the call timed out (the actor is killed and restarted), or `evaluate`
+    raised (bad checkpoint or benchmark; the actor stays as it is)."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+    specs = [b.model_dump() if isinstance(b, BenchmarkSpec) else b for b in benchmarks]
+    ref = actor.evaluate.remote(checkpoint, specs, limit)
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        try:
+            ray.kill(actor, no_restart=False)
+        except Exception:  # noqa: BLE001 — already dead: the next get_evaluator makes a new one
+            pass
+        return {"error": f"evaluation of {checkpoint} timed out after {timeout_s:g}s; evaluator restarted"}
+    except RayActorError as e:
+        return {"error": f"evaluator crashed while evaluating {checkpoint}: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+    except RayTaskError as e:
+        cause = e.cause if getattr(e, "cause", None) is not None else e
+        return {"error": f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"}

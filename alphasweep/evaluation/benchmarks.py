@@ -1,0 +1,371 @@
+"""Benchmark registry: where a benchmark's rows come from, how a row becomes a prompt, what the gold is.
+
+A `BenchmarkSpec` names either a built-in benchmark (`gsm8k`, `math500`, `aime24`, `amc23`; rows from
+the hub unless `path` points at a local copy) or the user's own file with a `format` (or a `scorer`).
+Formats fix the default fields, the scorer and the prompt:
+
+| format  | prompt field          | gold                              | scorer |
+|---------|-----------------------|-----------------------------------|--------|
+| gsm8k   | question              | text after `####` in answer       | math   |
+| math    | problem (or question) | answer                            | math   |
+| math500, aime24, amc23: as `math` (amc23 golds like `27.0` mean 27)                   |
+| choice  | question + options    | answer (a letter, or an option's text) | choice |
+| exact   | prompt                | answer                            | exact  |
+
+Prompt rule. The row becomes a *message*: `spec.template.format(**row)` when a template is given, else
+the format's default (math: the problem plus "put your final answer within \\boxed{}"; choice: the
+question and lettered options; exact: the prompt field verbatim). The message is then wrapped in the
+tokenizer's chat template when `use_chat_template` resolves to true and the tokenizer has one.
+`use_chat_template: null` (the default) means true for math/choice and false for exact: exact-match
+tasks (puzzles, the synthetic tasks) are trained as raw `prompt + completion` text, so their prompt
+must be the raw text too. Without a chat template, math/choice messages are rendered as
+"Question: ...\\nAnswer:" (a spec's own template is used as it is).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alphasweep.config import BenchmarkSpec
+
+__all__ = [
+    "BUILTIN_BENCHMARKS",
+    "FORMATS",
+    "Benchmark",
+    "BenchmarkItem",
+    "Builtin",
+    "Format",
+    "benchmark_from_string",
+    "known_benchmarks",
+    "load_benchmark",
+    "load_rows",
+    "render_prompt",
+    "resolve_spec",
+]
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CHOICE_INSTRUCTION = "Answer with the letter of the correct option."
+_LETTERS = "ABCDEFGHIJ"
+
+
+# ---------------------------------------------------------------- formats
+
+
+def _gold_after_hashes(value: Any) -> str:
+    text = str(value)
+    return text.rsplit("####", 1)[1].strip().replace(",", "") if "####" in text else text.strip()
+
+
+def _gold_number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text.split(".")[0] if re.fullmatch(r"-?\d+\.0+", text) else text
+
+
+def _gold_text(value: Any) -> str:
+    return str(value).strip()
+
+
+def _options(row: dict) -> list[tuple[str, str]]:
+    """(letter, text) pairs from `options` / `choices`: a list (lettered A, B, ...) or a dict of letters."""
+    raw = row.get("options", row.get("choices"))
+    if isinstance(raw, dict):
+        return [(str(k).strip().upper(), str(v)) for k, v in sorted(raw.items())]
+    if isinstance(raw, (list, tuple)):
+        if len(raw) > len(_LETTERS):
+            raise ValueError(f"{len(raw)} options; at most {len(_LETTERS)} are supported")
+        return [(_LETTERS[i], str(v)) for i, v in enumerate(raw)]
+    raise ValueError("field 'options': expected a list or a dict of lettered options")
+
+
+def _math_message(row: dict, prompt_field: str) -> str:
+    return f"{row[prompt_field]}\n{MATH_INSTRUCTION}"
+
+
+def _choice_message(row: dict, prompt_field: str) -> str:
+    options = "\n".join(f"{letter}. {text}" for letter, text in _options(row))
+    return f"{row[prompt_field]}\n\n{options}\n\n{CHOICE_INSTRUCTION}"
+
+
+def _exact_message(row: dict, prompt_field: str) -> str:
+    return str(row[prompt_field])
+
+
+def _choice_gold(value: Any, row: dict) -> str:
+    """A letter: the answer field is a letter ('C', '(C)') or the text of one of the options."""
+    text = str(value).strip()
+    bare = text.strip("()").strip().rstrip(".")
+    if len(bare) == 1 and bare.upper() in _LETTERS:
+        return bare.upper()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _LETTERS[value]
+    for letter, option in _options(row):
+        if option.strip() == text:
+            return letter
+    raise ValueError(f"answer {text[:40]!r} is neither an option letter nor an option's text")
+
+
+@dataclass(frozen=True)
+class Format:
+    """How rows of one shape become (message, gold) pairs and which scorer reads the completions."""
+
+    name: str
+    prompt_fields: tuple[str, ...]  # the first one present in a row is used
+    answer_field: str
+    scorer: str
+    message: Callable[[dict, str], str]
+    gold: Callable[[Any, dict], str]
+    chat_by_default: bool
+
+
+FORMATS: dict[str, Format] = {
+    "gsm8k": Format("gsm8k", ("question",), "answer", "math", _math_message,
+                    lambda v, r: _gold_after_hashes(v), True),
+    "math": Format("math", ("problem", "question"), "answer", "math", _math_message,
+                   lambda v, r: _gold_number(v), True),
+    "choice": Format("choice", ("question",), "answer", "choice", _choice_message, _choice_gold, True),
+    "exact": Format("exact", ("prompt",), "answer", "exact", _exact_message, lambda v, r: _gold_text(v), False),
+}
+for _alias in ("math500", "aime24", "amc23"):
+    FORMATS[_alias] = FORMATS["math"]
+_SCORER_FORMAT = {"math": "math", "choice": "choice", "exact": "exact"}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A named benchmark: its hub dataset (used when the spec gives no path) and its format."""
+
+    name: str
+    hub: str
+    subset: str | None
+    split: str
+    format: str
+
+
+BUILTIN_BENCHMARKS: dict[str, Builtin] = {
+    "gsm8k": Builtin("gsm8k", "openai/gsm8k", "main", "test", "gsm8k"),
+    "math500": Builtin("math500", "HuggingFaceH4/MATH-500", None, "test", "math500"),
+    "aime24": Builtin("aime24", "HuggingFaceH4/aime_2024", None, "train", "aime24"),
+    "amc23": Builtin("amc23", "math-ai/amc23", None, "test", "amc23"),
+}
+
+
+def known_benchmarks() -> list[str]:
+    return list(BUILTIN_BENCHMARKS)
+
+
+# ---------------------------------------------------------------- specs
+
+
+def resolve_spec(spec: BenchmarkSpec | dict | str) -> BenchmarkSpec:
+    """A validated spec from a spec, a dict, or a string (see `benchmark_from_string`); raises ValueError
+    for an unknown name without a path and for a user's file that says neither format nor scorer."""
+    if isinstance(spec, str):
+        spec = benchmark_from_string(spec)
+    elif isinstance(spec, dict):
+        spec = BenchmarkSpec.model_validate(spec)
+    elif not isinstance(spec, BenchmarkSpec):
+        raise TypeError(f"expected a BenchmarkSpec, a dict or a name, got {type(spec).__name__}")
+    if spec.format is not None and spec.format not in FORMATS:
+        raise ValueError(f"benchmark {spec.name!r}: unknown format {spec.format!r}; "
+                         f"expected one of {', '.join(FORMATS)}")
+    if spec.name not in BUILTIN_BENCHMARKS:
+        if not spec.path:
+            raise ValueError(f"unknown benchmark {spec.name!r}; built-in benchmarks are "
+                             f"{', '.join(known_benchmarks())} (or give `path` and `format` for your own data)")
+        if spec.format is None and spec.scorer is None:
+            raise ValueError(f"benchmark {spec.name!r}: a benchmark that is not built in needs `format` "
+                             f"({', '.join(FORMATS)}) or `scorer` (math, choice, exact)")
+    return spec
+
+
+def _infer_format(path: Path) -> str | None:
+    """The format of a local file from its folder/stem name or its first row's fields."""
+    for name in (path.parent.name, path.stem):
+        if name in BUILTIN_BENCHMARKS:
+            return BUILTIN_BENCHMARKS[name].format
+    try:
+        row = _read_local(path, limit=1)[0]
+    except Exception:  # noqa: BLE001 — the real load reports the problem
+        return None
+    if "options" in row or "choices" in row:
+        return "choice"
+    if "prompt" in row and "answer" in row:
+        return "exact"
+    if "question" in row and "####" in str(row.get("answer", "")):
+        return "gsm8k"
+    if ("problem" in row or "question" in row) and "answer" in row:
+        return "math"
+    return None
+
+
+def benchmark_from_string(text: str) -> BenchmarkSpec:
+    """`gsm8k` (a built-in), `NAME=PATH`, or a local `PATH` (the name is the folder or file stem, the
+    format is inferred from the name or the first row's fields). Used by the CLI's `--benchmarks`."""
+    text = text.strip()
+    name, sep, path = text.partition("=")
+    if sep:
+        name, path = name.strip(), path.strip()
+    elif text in BUILTIN_BENCHMARKS or not (Path(text).expanduser().exists() or "/" in text or "." in text):
+        return BenchmarkSpec(name=text)
+    else:
+        path = text
+        p = Path(path).expanduser()
+        name = p.parent.name if p.stem in ("test", "train", "validation", "dev") and p.parent.name else p.stem
+    if not name:
+        raise ValueError(f"benchmark {text!r}: expected NAME, NAME=PATH or PATH")
+    p = Path(path).expanduser()
+    fmt = None
+    if name not in BUILTIN_BENCHMARKS and p.is_file():
+        fmt = _infer_format(p)
+        if fmt is None:
+            raise ValueError(f"benchmark {text!r}: cannot tell its format from the rows; use a config with "
+                             f"`format` ({', '.join(FORMATS)})")
+    return BenchmarkSpec(name=name, path=path, format=fmt)
+
+
+# ---------------------------------------------------------------- rows
+
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _read_local(path: Path, limit: int | None = None) -> list[dict]:
+    if path.suffix == ".jsonl":
+        rows = []
+        with path.open() as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+                if limit is not None and len(rows) >= limit:
+                    break
+        return rows
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):  # {"data": [...]} or {"split": [...]} style
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise ValueError(f"{path}: expected a list of rows (or an object holding one)")
+            data = lists[0]
+        return data[:limit] if limit is not None else data
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()[:limit] if limit is not None else pq.read_table(path).to_pylist()
+    raise ValueError(f"{path}: expected a {', '.join(_LOCAL_SUFFIXES)} file")
+
+
+def load_rows(path: str, *, split: str = "test", subset: str | None = None) -> list[dict]:
+    """Rows from a local file (or a folder holding `<split>.jsonl|json|parquet`), else a hub dataset id."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        for suffix in _LOCAL_SUFFIXES:
+            if (local / f"{split}{suffix}").is_file():
+                return _read_local(local / f"{split}{suffix}")
+        raise FileNotFoundError(f"benchmark folder {local} holds no {split}.jsonl, {split}.json or {split}.parquet")
+    if local.suffix in _LOCAL_SUFFIXES or path.startswith((".", "/", "~")):
+        if not local.is_file():
+            raise FileNotFoundError(f"benchmark file not found: {path}")
+        return _read_local(local)
+    import datasets  # a hub id: the real code path, needs the network or a warm HF cache
+
+    try:
+        return list(datasets.load_dataset(path, subset, split=split))
+    except Exception as e:  # noqa: BLE001 — datasets raises many types; one line for the user
+        raise ValueError(f"cannot load benchmark dataset {path!r} (subset {subset}, split {split}): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    index: int  # row number in the source
+    message: str  # the prompt before any chat template
+    gold: str
+
+
+@dataclass
+class Benchmark:
+    name: str
+    scorer: str
+    use_chat_template: bool  # wrap in the tokenizer's chat template (when it has one)
+    templated: bool = False  # messages come from the spec's own template (never re-wrapped as plain Q/A)
+    items: list[BenchmarkItem] = field(default_factory=list)
+    source: str = ""
+
+    def prompts(self, tokenizer) -> list[str]:
+        return [render_prompt(it.message, tokenizer, self.use_chat_template, plain_qa=not self.templated)
+                for it in self.items]
+
+
+def _pick_field(row: dict, candidates: Iterable[str]) -> str:
+    for name in candidates:
+        if name in row and row[name] is not None:
+            return name
+    raise ValueError(f"missing field {' / '.join(repr(c) for c in candidates)}")
+
+
+def load_benchmark(spec: BenchmarkSpec | dict | str, limit: int | None = None) -> Benchmark:
+    """Resolve the spec, read its rows (the first `limit`, or `spec.limit`, whichever is smaller) and
+    turn them into (message, gold) items. Row problems raise ValueError naming the source, row, field."""
+    spec = resolve_spec(spec)
+    builtin = BUILTIN_BENCHMARKS.get(spec.name)
+    fmt_name = spec.format or (builtin.format if builtin else _SCORER_FORMAT[spec.scorer])
+    fmt = FORMATS[fmt_name]
+    scorer = spec.scorer or fmt.scorer
+    if spec.path:
+        source, split, subset = spec.path, spec.split, spec.subset
+    else:
+        source = builtin.hub
+        split = spec.split if "split" in spec.model_fields_set else builtin.split
+        subset = spec.subset if "subset" in spec.model_fields_set else builtin.subset
+    rows = load_rows(source, split=split, subset=subset)
+    caps = [c for c in (limit, spec.limit) if c is not None]
+    if caps:
+        rows = rows[: min(caps)]
+    prompt_fields = (spec.prompt_field,) if spec.prompt_field else fmt.prompt_fields
+    answer_field = spec.answer_field or fmt.answer_field
+    items = []
+    for i, row in enumerate(rows):
+        try:
+            if not isinstance(row, dict):
+                raise ValueError(f"expected an object, got {type(row).__name__}")
+            if spec.template:
+                try:
+                    message = spec.template.format(**row)
+                except (KeyError, IndexError) as e:
+                    raise ValueError(f"template refers to a missing field {e}") from None
+            else:
+                message = fmt.message(row, _pick_field(row, prompt_fields))
+            if answer_field not in row or row[answer_field] is None:
+                raise ValueError(f"missing field {answer_field!r}")
+            gold = fmt.gold(row[answer_field], row)
+        except ValueError as e:
+            raise ValueError(f"benchmark {spec.name!r} ({source}): row {i}: {e}") from None
+        items.append(BenchmarkItem(index=i, message=message, gold=gold))
+    if not items:
+        raise ValueError(f"benchmark {spec.name!r} ({source}): no rows")
+    use_chat = fmt.chat_by_default if spec.use_chat_template is None else spec.use_chat_template
+    return Benchmark(name=spec.name, scorer=scorer, use_chat_template=use_chat, templated=bool(spec.template),
+                     items=items, source=source)
+
+
+def render_prompt(message: str, tokenizer, use_chat_template: bool, *, plain_qa: bool = True) -> str:
+    """The text fed to the model (see the module docstring for the rule)."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                             add_generation_prompt=True)
+    if use_chat_template and plain_qa:  # a chat-style format, but a base model without a template
+        return f"Question: {message}\nAnswer:"
+    return message

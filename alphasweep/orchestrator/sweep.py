@@ -1,0 +1,232 @@
+"""The sweep driver: for each (model, domain) pair, probe, then search objectives with Tune + Optuna.
+
+Resume and extend work the same way (stack notes 2 and 8): the Optuna study in its RDB storage is the
+source of truth. A new Tuner continues the study; trials a dead driver left RUNNING are marked FAIL and
+retried; the Tuner runs only the trials the budget still lacks. Tune's own restore is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from alphasweep.config import ConfigError, SweepConfig
+from alphasweep.orchestrator import tracking
+from alphasweep.orchestrator.space import define_space, point_of
+from alphasweep.orchestrator.trial import PairJob, run_trial
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SEARCH_METRIC, SIGNAL_METRIC = "score", "heldout_nll"
+
+
+class PairSearch(OptunaSearch):
+    """OptunaSearch that tags each config with its Optuna trial number and skips results that carry
+    no search metric (training reports). A trial ASHA stops never reports `score`, so Optuna records
+    it as PRUNED rather than COMPLETE with an early value that would mislead the sampler."""
+
+    def __init__(self, *args, constants: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._constants = constants
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config.update(self._constants, optuna_trial=self._ot_trials[trial_id].number)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if SIGNAL_METRIC in result and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].report(result[SIGNAL_METRIC], int(result.get("step", 0)))
+
+
+def study_name(model: str, domain: str) -> str:
+    return f"{model}/{domain}"
+
+
+def fail_stale_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """Trials left RUNNING (or WAITING) by a killed driver become FAIL, so they are retried, not lost."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for t in stale:
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def finished_trials(storage, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=FINISHED)
+    except KeyError:
+        return []
+
+
+def _probe(job: PairJob, cfg: SweepConfig):
+    import ray
+
+    from alphasweep.probe import probe_capability
+
+    remote = ray.remote(num_cpus=1, num_gpus=min(cfg.train.gpus_per_worker, 1))(probe_capability)
+    return ray.get(remote.remote(job.model_path, job.data, max_length=cfg.train.max_length, seed=cfg.train.seed))
+
+
+def run_pair(cfg: SweepConfig, job: PairJob, storage, client, exp_id: str, budget: int, log) -> dict:
+    """Run the trials one pair still needs; returns the pair's summary."""
+    name = study_name(job.model, job.domain)
+    stale = fail_stale_trials(storage, name)
+    done = finished_trials(storage, name)
+    remaining = budget - len(done)
+    log(f"[{name}] {len(done)}/{budget} trials done" + (f", {stale} interrupted trial(s) marked failed" if stale else ""))
+    parent = tracking.open_parent_run(client, exp_id, job.model, job.domain)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    if "probe" not in study.user_attrs:
+        log(f"[{name}] probing the base model on {job.data.path}")
+        result = _probe(job, cfg)
+        study.set_user_attr("probe", {**result.metrics(), "continuum": result.continuum,
+                                      "suggestions": result.suggestions})
+        for k, v in result.metrics().items():
+            client.log_metric(parent, k, v)
+        client.set_tag(parent, "continuum", result.continuum)
+    probe = study.user_attrs["probe"]
+    log(f"[{name}] probe: mean p {probe['probe_mean_p']:.3f} -> {probe['continuum']}")
+    if remaining > 0:
+        _search(cfg, job, storage, client, exp_id, parent, name, study, probe, remaining, log)
+    summary = pair_summary(optuna.load_study(study_name=name, storage=storage), job.model, job.domain)
+    if summary["best_objective"]:
+        client.set_tag(parent, "best_objective", summary["best_objective"])
+        client.log_metric(parent, "best_score", summary["best_score"])
+    tracking.close_parent_run(client, parent)
+    return summary
+
+
+def _search(cfg, job, storage, client, exp_id, parent, name, study, probe, remaining, log) -> None:
+    tried = {_objective_name(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    warm = list(cfg.search.enqueue) + (probe["suggestions"] if cfg.search.probe_warm_start else [])
+    points, seen = [], set()
+    for obj_name in warm:
+        point = point_of(obj_name, cfg.search) if _family_allowed(obj_name, cfg) else None
+        if point and obj_name not in tried and obj_name not in seen:
+            points.append(point)
+            seen.add(obj_name)
+    searcher = PairSearch(
+        define_space(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points[:remaining] or None,
+        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials), multivariate=True, group=True,
+                                           n_startup_trials=4),
+        study_name=name, storage=storage,
+        constants={"train_learning_rate": cfg.train.learning_rate},
+    )
+    if cfg.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="step", metric=SIGNAL_METRIC, mode="min", max_t=cfg.train.steps,
+                                  grace_period=cfg.scheduler.grace_steps, reduction_factor=cfg.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
+        + (f"; first: {', '.join(_point_name(p) for p in points[:remaining])}" if points else ""))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                    max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
+            callbacks=[tracking.TrialTracker(client, exp_id, parent, job.model, job.domain, config_yaml),
+                       TrialPrinter(name, log)],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    tuner.fit()
+
+
+def _family_allowed(obj_name: str, cfg: SweepConfig) -> bool:
+    from alphasweep.objectives import parse_objective
+
+    return parse_objective(obj_name).family in cfg.search.families
+
+
+def _point_name(point: dict) -> str:
+    from alphasweep.orchestrator.space import objective_of
+
+    return objective_of(point).name
+
+
+def _objective_name(trial: optuna.trial.FrozenTrial) -> str:
+    return _point_name(trial.params)
+
+
+class TrialPrinter(tune.Callback):
+    """One progress line per trial event, instead of Tune's wide tables."""
+
+    def __init__(self, pair: str, log):
+        self.pair, self.log = pair, log
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: training")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        what = f"score {r['score']:.3f}" if "score" in r else f"stopped early at step {r.get('step', '?')}"
+        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: {what}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: FAILED "
+                 f"({trial.error_file or 'see the Ray logs'})")
+
+
+def pair_summary(study: optuna.Study, model: str, domain: str) -> dict:
+    """Best objective, its score and every objective's score (the best of its trials) for one pair."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    scores: dict[str, float] = {}
+    for t in complete:
+        name = _objective_name(t)
+        scores[name] = max(scores.get(name, float("-inf")), t.value)
+    best = max(complete, key=lambda t: t.value, default=None)
+    probe = study.user_attrs.get("probe", {})
+    return {
+        "model": model, "domain": domain, "continuum": probe.get("continuum"),
+        "probe_mean_p": probe.get("probe_mean_p"),
+        "best_objective": _objective_name(best) if best else None,
+        "best_score": best.value if best else None,
+        "scores": scores,
+        "trials": len(complete),
+        "stopped_early": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
+        "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+    }
+
+
+def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=print) -> list[dict]:
+    """Every pair of the config, one after another; returns the per-pair summaries.
+
+    An interrupted sweep (trials done, budget not met) continues only with `resume` or `extend`, so a
+    second run never mixes into an earlier sweep by accident; a finished one just reports again.
+    """
+    from alphasweep.data import load_rows
+
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry no `score`
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "sweep.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    for domain in cfg.domains:  # fail on missing data before any trial starts
+        load_rows(domain.train)
+    storage = optuna.storages.RDBStorage(cfg.optuna_storage())
+    client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name)
+    done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
+    if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):
+        raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
+                          "pass --resume to continue it, or --extend N to add trials")
+    summaries = []
+    for model, domain in cfg.pairs():
+        job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
+                      benchmarks=domain.benchmarks, train=cfg.train, eval=cfg.eval,
+                      storage_path=cfg.checkpoint_root())
+        done = len(finished_trials(storage, study_name(model.name, domain.name)))
+        budget = max(cfg.budget.trials_per_pair, done + extend) if extend else cfg.budget.trials_per_pair
+        summaries.append(run_pair(cfg, job, storage, client, exp_id, budget, log))
+    return summaries

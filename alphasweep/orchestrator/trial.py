@@ -1,0 +1,57 @@
+"""One Tune trial: fine-tune with the proposed objective (a Ray Train run), then score the checkpoint.
+
+This function is the Tune trainable ("train driver"): it takes a custom `TRAIN_DRIVER` resource and no
+CPU; the Train workers and the evaluator actor hold the real CPUs/GPUs (stack notes 1.2, 1.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from alphasweep.config import BenchmarkSpec, DataSpec, EvalConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """What every trial of one (model, domain) pair shares."""
+
+    model: str
+    domain: str
+    model_path: str
+    data: DataSpec
+    benchmarks: list[BenchmarkSpec]
+    train: TrainConfig
+    eval: EvalConfig
+    storage_path: str
+
+    @property
+    def slug(self) -> str:
+        return f"{self.model}--{self.domain}".replace("/", "_")
+
+
+def run_trial(config: dict, job: PairJob) -> None:
+    from alphasweep.evaluation.actor import evaluate_with_timeout, get_evaluator
+    from alphasweep.orchestrator.space import objective_of
+    from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
+
+    objective = objective_of(config)
+    trainer = build_trainer(
+        model_path=job.model_path, data=job.data, train=job.train, objective=objective.name,
+        storage_path=job.storage_path, name=f"{job.slug}-trial{config['optuna_trial']:04d}",
+        learning_rate=config.get("learning_rate"), callbacks=[TuneReportCallback()],
+    )
+    checkpoint = final_checkpoint_path(trainer.fit())
+    scores = evaluate_with_timeout(get_evaluator(job.eval), checkpoint, job.benchmarks, job.eval.timeout_s,
+                                   limit=job.eval.limit)
+    if "error" in scores:
+        raise RuntimeError(f"evaluation of {checkpoint} failed: {scores['error']}")
+    tune.report({
+        "score": scores["mean_score"],
+        **{f"score/{name}": s for name, s in scores["scores"].items()},
+        "eval_seconds": scores["seconds"],
+        "checkpoint_path": checkpoint,
+        "samples": scores["records"][: job.eval.samples_logged],
+    })

@@ -1,0 +1,186 @@
+"""The Ray Train loop run by every worker: fine-tune a causal LM with one SFT objective.
+
+A plain loop in the nanoGPT spirit: AdamW, cosine schedule with warm-up, gradient accumulation,
+grad-norm clipping, non-finite steps skipped and counted, bf16 autocast on GPU, DDP or FSDP through
+`ray.train.torch.prepare_model`. The objective is applied by `objective_loss` on every path. Reports go
+through `ray.train.report`; under Tune they become trial results (TuneReportCallback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from alphasweep.config import DataSpec, TrainConfig
+from alphasweep.data import Example, collate, load_sft_data, pack
+from alphasweep.objectives import objective_loss_with_stats, parse_objective
+from alphasweep.workers.checkpoints import load_trainer_state, save_checkpoint
+
+NLL = parse_objective("original")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine_with_warmup(optimizer, warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _forward_loss(model, batch, objective, device, autocast):
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with autocast:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return objective_loss_with_stats(logits[:, :-1], batch["labels"], batch["loss_mask"], objective)
+
+
+@torch.no_grad()
+def heldout_nll(model, examples: list[Example], pad_id: int, batch_size: int, device, autocast, rank: int, world: int) -> float:
+    """Mean -log p of held-out completion tokens: a yardstick common to every objective."""
+    model.eval()
+    total, tokens = 0.0, 0.0
+    shard = examples[rank::world]
+    for i in range(0, len(shard), batch_size):
+        loss, stats = _forward_loss(model, collate(shard[i : i + batch_size], pad_id), NLL, device, autocast)
+        n = float(stats["tokens"])
+        total, tokens = total + float(loss) * n, tokens + n
+    model.train()
+    total, tokens = _all_reduce_sum([total, tokens], device)
+    return total / max(tokens, 1.0)
+
+
+def _batches(examples: list[Example], per_worker: int, seed: int, rank: int, world: int):
+    """Endless per-rank batches; each epoch is a fresh permutation seeded by (seed, epoch)."""
+    epoch = 0
+    while True:
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        order = order[: len(order) // world * world][rank::world].tolist() or order.tolist()
+        for i in range(0, len(order) - per_worker + 1, per_worker):
+            yield [examples[j] for j in order[i : i + per_worker]]
+        epoch += 1
+
+
+def train_loop_per_worker(cfg: dict) -> list[dict]:
+    """Ray Train entry point. `cfg`: model_path, objective, data (DataSpec), train (TrainConfig), learning_rate.
+
+    Returns the metrics of every report of this attempt (rank 0's list becomes `Result.return_value`).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tc = TrainConfig.model_validate(cfg["train"])
+    spec = DataSpec.model_validate(cfg["data"])
+    objective = parse_objective(cfg["objective"])
+    lr = cfg.get("learning_rate") or tc.learning_rate
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(tc.seed)
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as resume_dir:
+        source = resume_dir or cfg["model_path"]
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        data = load_sft_data(spec, tokenizer, tc.max_length, seed=tc.seed)
+        train_rows = pack(data.train, tc.max_length) if tc.packing else data.train
+
+        per_worker = max(1, tc.batch_size // world)
+        micro = min(tc.micro_batch_size or per_worker, per_worker)
+        accum = max(1, per_worker // micro)
+        model = ray.train.torch.prepare_model(model, parallel_strategy=tc.strategy if world > 1 else None)
+        device = ray.train.torch.get_device()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95))
+        scheduler = cosine_with_warmup(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+        step, counters = 0, {"skipped_steps": 0, "resumes": 0}
+        if resume_dir:
+            step, counters = load_trainer_state(Path(resume_dir), model, optimizer, scheduler)
+            counters["resumes"] += 1
+    use_bf16 = tc.bf16 and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    batches = _batches(train_rows, micro * accum, tc.seed, rank, world)
+    for _ in range(step):  # a resumed run sees the same data order as an uninterrupted one
+        next(batches)
+    if rank == 0:
+        print(f"[alphasweep] {objective.name}: {len(train_rows)} rows ({data.stats}), {world} worker(s), "
+              f"{micro}x{accum} per worker, steps {step}->{tc.steps}", flush=True)
+
+    window = {"loss": 0.0, "selected_share": 0.0, "mean_p": 0.0, "tokens": 0.0, "n": 0, "t0": time.perf_counter()}
+    model.train()
+    history = []
+    while step < tc.steps:
+        rows = next(batches)
+        for k in range(accum):
+            sync = k == accum - 1 or not hasattr(model, "no_sync")
+            with contextlib.nullcontext() if sync else model.no_sync():
+                loss, stats = _forward_loss(model, collate(rows[k * micro : (k + 1) * micro], tokenizer.pad_token_id),
+                                            objective, device, autocast)
+                (loss / accum).backward()
+            window["loss"] += float(loss.detach()) / accum
+            window["selected_share"] += float(stats["selected_share"]) / accum
+            window["mean_p"] += float(stats["mean_p"]) / accum
+            window["tokens"] += float(stats["tokens"])
+        clip = getattr(model, "clip_grad_norm_", None)  # FSDP shards need their own clip
+        grad_norm = clip(tc.grad_clip) if clip else torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            counters["skipped_steps"] += 1
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        window["n"] += 1
+
+        final = step == tc.steps
+        if step % tc.report_every == 0 or final or step % tc.eval_every == 0:
+            elapsed = time.perf_counter() - window["t0"]
+            n = window["n"]
+            metrics = {
+                "step": step,
+                "loss": window["loss"] / n,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": _all_reduce_sum([window["tokens"]], device)[0] / max(elapsed, 1e-9),
+                "selected_share": window["selected_share"] / n,
+                "mean_p": window["mean_p"] / n,
+                **counters,
+            }
+            if data.heldout and (step % tc.eval_every == 0 or final):
+                metrics["heldout_nll"] = heldout_nll(model, data.heldout, tokenizer.pad_token_id, micro, device,
+                                                     autocast, rank, world)
+            window = {**{k: 0.0 for k in window}, "n": 0, "t0": time.perf_counter()}
+            save = final or (tc.checkpoint_every and step % tc.checkpoint_every == 0)
+            if save:
+                with tempfile.TemporaryDirectory(prefix="alphasweep-ckpt-") as tmp:
+                    save_checkpoint(Path(tmp), model, tokenizer, optimizer, scheduler, step, counters, rank)
+                    ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+                    ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:06d}")
+            else:
+                ray.train.report(metrics)
+            history.append(metrics)
+    return history

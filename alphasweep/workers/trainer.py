@@ -1,0 +1,55 @@
+"""Build the Ray Train `TorchTrainer` for one fine-tune: the same object for `alphasweep train` and sweeps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from alphasweep.config import DataSpec, TrainConfig
+from alphasweep.workers.loop import train_loop_per_worker
+
+
+def build_trainer(
+    *,
+    model_path: str,
+    data: DataSpec,
+    train: TrainConfig,
+    objective: str,
+    storage_path: str,
+    name: str,
+    learning_rate: float | None = None,
+    callbacks: Sequence = (),
+) -> TorchTrainer:
+    """A trainer whose run `name` is deterministic, so a restarted run finds its own checkpoints."""
+    use_gpu = train.gpus_per_worker > 0
+    resources = {"CPU": train.cpus_per_worker, **({"GPU": train.gpus_per_worker} if use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "model_path": model_path,
+            "objective": objective,
+            "data": data.model_dump(),
+            "train": train.model_dump(),
+            "learning_rate": learning_rate,
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train.workers, use_gpu=use_gpu, resources_per_worker=resources if train.workers else None
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def final_checkpoint_path(result) -> str:
+    """The directory of the last checkpoint of a finished fit, as a path evaluation can load."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint: {result.error or 'no error recorded'}")
+    return result.checkpoint.path

@@ -1,0 +1,120 @@
+"""Time and peak memory of `objective_loss` (forward + backward) against `cross_entropy` and a naive loss
+that materialises a float32 `log_softmax` of the whole batch.
+
+All three compute the mean NLL of every token, so their losses must agree. Each (variant, vocab) runs in
+a fresh subprocess so that its peak memory is its own: the RSS high-water mark (`ru_maxrss`) on CPU,
+`torch.cuda.max_memory_allocated` on CUDA, both minus what was held before the first step (the logits).
+The logits' gradient is part of every variant's peak. Targets: <= 1.10x cross_entropy's time and <= 0.5x
+the naive peak.
+
+    python bench/objective_loss.py                      # CPU, float32, vocab 32768 and 152064, 8192 tokens
+    python bench/objective_loss.py --device cuda --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+from alphasweep.objectives import objective_loss, parse_objective
+
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+NLL = parse_objective("original")
+
+
+def _naive(logits, labels, mask, chunk_elements):
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, labels[:, None]).squeeze(1)
+    return -logp[mask].mean()
+
+
+VARIANTS = {
+    "cross_entropy": lambda logits, labels, mask, chunk_elements: F.cross_entropy(logits, labels),
+    "objective_loss": lambda logits, labels, mask, chunk_elements: objective_loss(
+        logits, labels, mask, NLL, chunk_elements=chunk_elements
+    ),
+    "naive_fp32": _naive,
+}
+
+
+def _memory_now(device: str) -> int:
+    return torch.cuda.memory_allocated() if device == "cuda" else psutil.Process().memory_info().rss
+
+
+def _peak(device: str) -> int:
+    return torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One variant at one vocab size, in this process."""
+    torch.manual_seed(0)
+    device, vocab = args.device, args.vocab
+    logits = torch.randn(args.tokens, vocab, device=device, dtype=DTYPES[args.dtype]).requires_grad_()
+    labels = torch.randint(0, vocab, (args.tokens,), device=device)
+    mask = torch.ones(args.tokens, dtype=torch.bool, device=device)
+    loss_fn = VARIANTS[args.variant]
+    _sync(device)
+    before = _memory_now(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.repeats + 1):  # the first step warms up
+        start = time.perf_counter()
+        loss = loss_fn(logits, labels, mask, args.chunk_elements)
+        loss.backward()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        logits.grad = None
+    return {"ms": 1e3 * min(times[1:]), "peak_mib": (_peak(device) - before) / 2**20, "loss": loss.item()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--vocabs", type=int, nargs="+", default=[32768, 152064])
+    parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up; the best counts")
+    parser.add_argument("--chunk-elements", type=int, help="default: CHUNK_ELEMENTS of the device")
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # set in subprocesses
+    parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(worker(args)))
+        return
+
+    common = [f"--device={args.device}", f"--dtype={args.dtype}", f"--tokens={args.tokens}"]
+    common += [f"--repeats={args.repeats}"] + ([f"--chunk-elements={args.chunk_elements}"] if args.chunk_elements else [])
+    print(f"device={args.device} dtype={args.dtype} tokens={args.tokens} chunk_elements={args.chunk_elements}")
+    print(f"{'variant':<15} {'vocab':>7} {'ms':>9} {'peak MiB':>9} {'x CE time':>9} {'x naive mem':>11} {'loss':>8}")
+    for vocab in args.vocabs:
+        results = {}
+        for variant in VARIANTS:
+            command = [sys.executable, __file__, f"--variant={variant}", f"--vocab={vocab}", *common]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{variant} at vocab {vocab} failed:\n{done.stderr}")
+            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        for variant, r in results.items():
+            time_ratio = r["ms"] / results["cross_entropy"]["ms"]
+            mem_ratio = r["peak_mib"] / results["naive_fp32"]["peak_mib"]
+            print(
+                f"{variant:<15} {vocab:>7} {r['ms']:>9.1f} {r['peak_mib']:>9.0f} {time_ratio:>9.2f} {mem_ratio:>11.2f}"
+                f" {r['loss']:>8.4f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models and synthetic data built here, a real local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own local clusters; see stack notes section 4
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from alphasweep.synthetic import problems, write_task_files
+from alphasweep.tinykit import build_base
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def kit_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("kit")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(kit_dir) -> Path:
+    """An untrained tiny Llama with its tokenizer (seconds to build)."""
+    return build_base(kit_dir, steps=0)
+
+
+@pytest.fixture(scope="session")
+def addition_files(kit_dir) -> tuple[Path, Path]:
+    """(train.jsonl, test.jsonl) of the synthetic addition task."""
+    return write_task_files("addition", kit_dir / "addition", n_train=512, n_test=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def addition_model(kit_dir) -> Path:
+    """A tiny base pretrained on addition (its test problems held out): the 'fine-tuned twin'."""
+    held_out = [p for p, _ in problems("addition", 64, seed=10_000)]
+    return build_base(kit_dir, pretrain_tasks={"addition": 3000}, exclude={"addition": held_out}, steps=300)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray instance (with the dashboard, which Train-in-Tune needs) for the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
+                 resources={"TRAIN_DRIVER": 8})
+    yield ray
+    ray.shutdown()

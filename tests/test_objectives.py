@@ -1,0 +1,227 @@
+"""Objectives: names, values and logit gradients against closed forms, token selection, numerics, chunking."""
+
+import math
+
+import pytest
+import torch
+
+from alphasweep.objectives import (
+    FAMILIES,
+    Objective,
+    objective_from_params,
+    objective_loss,
+    objective_loss_with_stats,
+    parse_objective,
+    plot_weights,
+    target_log_prob,
+)
+
+VOCAB = 8
+ONE_OF_EACH = [
+    "original", "p", "dft", "GeneralFamily-0.5", "GeneralFamily--1", "GeneralFamily-8",
+    "OnlyTopP-0.4", "OnlyBottomP-0.4", "OnlyTopLogP-0.4", "OnlyBottomLogP-0.4",
+    "TopQuantileP-0.3", "BottomQuantileP-0.3", "TopQuantileLogP-0.7", "BottomQuantileLogP-0.7",
+]  # fmt: skip
+PS = [0.02, 0.1, 0.3, 0.45, 0.6, 0.8, 0.97]
+
+
+def logits_with_target_p(ps, vocab=VOCAB):
+    """Logits [n, vocab] whose softmax gives label 0 the probability ps[i]; labels [n] (all 0)."""
+    p = torch.tensor(ps, dtype=torch.float64)
+    rest = torch.log(torch.clamp(1 - p, min=1e-40) / (vocab - 1))
+    logits = torch.cat([p.log()[:, None], rest[:, None].expand(-1, vocab - 1)], 1).float()
+    return logits, torch.zeros(len(ps), dtype=torch.long)
+
+
+def closed_form_loss(objective, p):
+    """f(p) straight from the paper's definitions, in float64."""
+    a, kind = objective.alpha, objective.family
+    if kind == "general":
+        return (1 - p**a) / a
+    if kind == "dft":
+        return -p * math.log(p)
+    return -math.log(p) if kind.endswith("logp") or kind == "nll" else 1 - p
+
+
+def expected_selection(objective, p):
+    """Which tokens (probabilities p, a float tensor) the objective trains on."""
+    family = objective.family
+    if family in ("nll", "p", "dft", "general"):
+        return torch.ones_like(p, dtype=torch.bool)
+    cut = torch.quantile(p, objective.threshold) if "quantile" in family else objective.threshold
+    return p >= cut if family.startswith("top") else p < cut
+
+
+@pytest.mark.parametrize("name", ONE_OF_EACH)
+def test_value_and_logit_gradient_match_closed_forms(name):
+    objective = parse_objective(name)
+    logits, labels = logits_with_target_p(PS)
+    logits.requires_grad_()
+    loss = objective_loss(logits, labels, torch.ones(len(PS), dtype=torch.bool), objective)
+    loss.backward()
+
+    p = torch.softmax(logits.detach().double(), -1)[:, 0]
+    selected = expected_selection(objective, p)
+    n = int(selected.sum())
+    assert 0 < n < len(PS) or not objective.threshold
+    expected = sum(closed_form_loss(objective, float(pi)) for pi in p[selected]) / n
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # dL/dlogits = -W(p) (onehot - softmax) / n_selected, and 0 for tokens left out.
+    onehot = torch.nn.functional.one_hot(labels, VOCAB).double()
+    weight = objective.weight(p) * selected
+    expected_grad = -weight[:, None] * (onehot - torch.softmax(logits.detach().double(), -1)) / n
+    torch.testing.assert_close(logits.grad.double(), expected_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_general_family_limits():
+    logits = torch.randn(4, 9, 50)
+    labels = torch.randint(0, 50, (4, 9))
+    mask = torch.rand(4, 9) > 0.2
+    nll = objective_loss(logits, labels, mask, parse_objective("original"))
+    near_zero = objective_loss(logits, labels, mask, parse_objective("GeneralFamily-1e-4"))
+    assert near_zero.item() == pytest.approx(nll.item(), rel=1e-3)  # f_a = -log p - a (log p)^2 / 2 + ...
+    assert objective_loss(logits, labels, mask, parse_objective("GeneralFamily-1")).item() == pytest.approx(
+        objective_loss(logits, labels, mask, parse_objective("p")).item(), rel=1e-6
+    )
+
+
+def test_fixed_cuts_select_tokens_and_partition():
+    logits, labels = logits_with_target_p(PS)
+    mask = torch.ones(len(PS), dtype=torch.bool)
+    for side, expected in (("Top", [p >= 0.4 for p in PS]), ("Bottom", [p < 0.4 for p in PS])):
+        for loss_kind in ("P", "LogP"):
+            leaf = logits.clone().requires_grad_()
+            loss, stats = objective_loss_with_stats(leaf, labels, mask, parse_objective(f"Only{side}{loss_kind}-0.4"))
+            loss.backward()
+            assert (leaf.grad.abs().sum(1) > 0).tolist() == expected
+            assert stats["selected_share"] == pytest.approx(sum(expected) / len(PS))
+
+
+def test_quantile_cut_is_the_quantile_of_masked_tokens():
+    ps = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    logits, labels = logits_with_target_p(ps + [0.99, 0.01])
+    mask = torch.tensor([True] * 9 + [False, False])  # masked-off tokens must not move the cut
+    for r, top in ((0.5, 5), (0.25, 7), (0.3, 6)):
+        for name, expected in ((f"TopQuantileP-{r}", top), (f"BottomQuantileLogP-{r}", 9 - top)):
+            leaf = logits.clone().requires_grad_()
+            loss, stats = objective_loss_with_stats(leaf, labels, mask, parse_objective(name))
+            loss.backward()
+            chosen = leaf.grad.abs().sum(1) > 0
+            assert int(chosen.sum()) == expected, name
+            assert not chosen[9:].any()
+            assert stats["selected_share"] == pytest.approx(expected / 9)
+
+
+def test_stats():
+    logits, labels = logits_with_target_p([0.2, 0.4, 0.9])
+    _, stats = objective_loss_with_stats(logits, labels, torch.tensor([1, 1, 0]), parse_objective("OnlyTopP-0.3"))
+    assert stats == pytest.approx({"selected_share": 0.5, "mean_p": 0.3, "tokens": 2.0})
+
+
+@pytest.mark.parametrize("name", ONE_OF_EACH + ["GeneralFamily-16", "GeneralFamily-1e-8", "GeneralFamily--1e-8"])
+def test_finite_for_tiny_and_certain_tokens(name):
+    ps = [1e-30, 1e-20, 1e-10, 1e-4, 0.5, 1 - 1e-6, 1.0]
+    logits, labels = logits_with_target_p(ps)
+    logits.requires_grad_()
+    loss = objective_loss(logits, labels, torch.ones(len(ps), dtype=torch.bool), parse_objective(name))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", ONE_OF_EACH)
+def test_nothing_selected_gives_zero_loss_and_gradient(name):
+    logits = torch.randn(2, 5, VOCAB, requires_grad=True)
+    labels = torch.full((2, 5), -100)
+    loss, stats = objective_loss_with_stats(logits, labels, torch.zeros(2, 5, dtype=torch.bool), parse_objective(name))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None and not logits.grad.any()
+    assert stats == {"selected_share": 0.0, "mean_p": 0.0, "tokens": 0.0}
+    # A cut that keeps nothing (all p above a bottom cut) behaves the same.
+    logits, labels = logits_with_target_p([0.8, 0.9])
+    logits.requires_grad_()
+    loss = objective_loss(logits, labels, torch.ones(2), parse_objective("OnlyBottomP-0.5"))
+    loss.backward()
+    assert loss.item() == 0.0 and not logits.grad.any()
+
+
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype"),
+    [
+        ("cpu", torch.float32),
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.float32, marks=GPU),
+        pytest.param("cuda", torch.bfloat16, marks=GPU),
+    ],
+)
+def test_chunked_target_log_prob_matches_naive(device, dtype):
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 37, 101)).to(device, dtype).requires_grad_()
+    labels = torch.randint(0, 101, (3, 37), dtype=torch.int32, device=device)
+    mask = torch.rand(3, 37, device=device) > 0.3
+    labels[~mask] = -100
+    logp = target_log_prob(logits, labels, mask, chunk_elements=4 * 101 + 7)  # 4 rows a chunk, ragged tail
+    naive = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).long()[..., None])[..., 0][mask]
+    torch.testing.assert_close(logp, naive, atol=1e-5, rtol=0)  # bf16 too: both use float32 from the same values
+    upstream = torch.randn_like(logp)
+    (grad,) = torch.autograd.grad(logp, logits, upstream)
+    (naive_grad,) = torch.autograd.grad(naive, logits, upstream)
+    assert grad.dtype == dtype
+    # bf16: both round a float32 gradient to bf16, computed in different order; allow a rounding step.
+    torch.testing.assert_close(grad.float(), naive_grad.float(), atol=1e-5, rtol=0 if dtype == torch.float32 else 1e-2)
+
+
+def test_names_round_trip_for_every_family():
+    samples = {"general": [-1.0, -0.25, 1e-4, 0.5, 1.0, 16.0, 1 / 3], "threshold": [1e-6, 0.1, 0.5, 2 / 3]}
+    for family in FAMILIES:
+        for value in samples["general" if family == "general" else "threshold"] if family not in ("nll", "p", "dft") else [None]:
+            objective = objective_from_params(family, alpha=value, threshold=value)
+            assert objective.family == family
+            assert parse_objective(objective.name) == objective
+            assert set(objective.params()) == {"family", "alpha", "threshold"}
+    assert parse_objective("logp") == parse_objective("nll") == parse_objective("original") == Objective("nll")
+    assert parse_objective("GeneralFamily-1e-04").name == "GeneralFamily-0.0001"
+    assert parse_objective("GeneralFamily-1").name == "GeneralFamily-1"
+    assert parse_objective("GeneralFamily--0.5").alpha == -0.5
+    assert parse_objective("TopQuantileLogP-0.25") == Objective("top_quantile_logp", threshold=0.25)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["foo", "GeneralFamily", "GeneralFamily-", "GeneralFamily-x", "GeneralFamily-0", "GeneralFamily-16.5",
+     "GeneralFamily--1.5", "GeneralFamily-nan", "OnlyTopP-0", "OnlyTopP-1", "TopQuantileP-1.5", "p-0.5"],
+)  # fmt: skip
+def test_bad_names_raise_listing_accepted_names(name):
+    with pytest.raises(ValueError, match="accepted names: original, nll, logp, p, dft, GeneralFamily-<alpha>"):
+        parse_objective(name)
+
+
+def test_bad_params_raise():
+    with pytest.raises(ValueError, match="accepted families: nll, p, dft, general"):
+        objective_from_params("gaussian")
+    with pytest.raises(ValueError, match="needs alpha"):
+        objective_from_params("general")
+    with pytest.raises(ValueError, match="needs threshold"):
+        Objective("top_p")
+    with pytest.raises(ValueError, match="takes no alpha"):
+        Objective("nll", alpha=0.5)
+
+
+def test_weight_accepts_floats_and_tensors():
+    general = parse_objective("GeneralFamily-2")
+    assert general.weight(0.5) == 0.25
+    torch.testing.assert_close(general.weight(torch.tensor([0.5, 1.0])), torch.tensor([0.25, 1.0]))
+    assert parse_objective("original").weight(0.3) == 1.0
+    assert parse_objective("OnlyTopLogP-0.5").weight(0.3) == 0.0
+    assert parse_objective("OnlyBottomP-0.5").weight(0.3) == pytest.approx(0.3)
+    assert parse_objective("OnlyTopP-0.5").weight(0.5) == 0.5  # Top keeps p >= q,
+    assert parse_objective("OnlyBottomP-0.5").weight(0.5) == 0.0  # Bottom keeps p < q.
+    assert parse_objective("TopQuantileP-0.5").weight(0.3) == pytest.approx(0.3)
+
+
+def test_plot_weights_writes_png(tmp_path):
+    path = plot_weights(["original", "p", parse_objective("GeneralFamily--0.5"), "OnlyTopP-0.3"], tmp_path / "w.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000

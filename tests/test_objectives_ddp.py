@@ -1,0 +1,71 @@
+"""A 2-worker DDP step with `objective_loss` gives the gradient of the mean of the shards' losses.
+
+Each rank normalises by its own selected tokens (and a quantile cut is its own shard's), so DDP's gradient
+average is the mean over shards of each shard's loss gradient, not the gradient of one loss over the batch.
+"""
+
+import copy
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from alphasweep.objectives import objective_loss, parse_objective
+
+WORLD = 2
+VOCAB = 6  # small, with spread-out logits below, so that p^8 still carries gradient
+OBJECTIVES = ["GeneralFamily-8", "TopQuantileLogP-0.3", "original"]
+
+
+def _batch():
+    """4 sequences of 12 tokens, masks of uneven length, -100 where masked off (as a collator leaves it)."""
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, VOCAB, (4, 12), generator=generator)
+    labels = torch.randint(0, VOCAB, (4, 12), generator=generator)
+    mask = torch.arange(12) >= torch.tensor([[2], [5], [7], [3]])
+    return tokens, labels.masked_fill(~mask, -100), mask
+
+
+def _shard(rank, *tensors):
+    size = tensors[0].shape[0] // WORLD
+    return [t[rank * size : (rank + 1) * size] for t in tensors]
+
+
+def _worker(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 16), torch.nn.Tanh(), torch.nn.Linear(16, VOCAB))
+    with torch.no_grad():
+        model[2].weight.mul_(8)
+    reference = copy.deepcopy(model)
+    ddp = DistributedDataParallel(model)
+    tokens, labels, mask = _batch()
+    for name in OBJECTIVES:
+        objective = parse_objective(name)
+        ddp.zero_grad()
+        shard_tokens, shard_labels, shard_mask = _shard(rank, tokens, labels, mask)
+        objective_loss(ddp(shard_tokens), shard_labels, shard_mask, objective).backward()
+
+        reference.zero_grad()
+        for shard in range(WORLD):
+            shard_tokens, shard_labels, shard_mask = _shard(shard, tokens, labels, mask)
+            (objective_loss(reference(shard_tokens), shard_labels, shard_mask, objective) / WORLD).backward()
+        for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+            assert want.grad.abs().max() > 1e-3, name
+            torch.testing.assert_close(got.grad, want.grad, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gradient_is_mean_of_shard_gradients():
+    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)

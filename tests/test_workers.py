@@ -1,0 +1,112 @@
+"""The Ray Train worker on a real local Ray cluster: DDP training, determinism, failure recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alphasweep.config import DataSpec, TrainConfig
+from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
+
+
+def _fit(tmp_path, model, data, objective="GeneralFamily-8", **train):
+    settings = dict(steps=24, batch_size=16, learning_rate=2e-3, max_length=32, workers=2, report_every=4,
+                    eval_every=8, warmup_steps=2)
+    settings.update(train)
+    trainer = build_trainer(
+        model_path=str(model), data=DataSpec(path=str(data), heldout=32), train=TrainConfig(**settings),
+        objective=objective, storage_path=str(tmp_path / "ray"), name=f"run-{time.monotonic_ns()}",
+    )
+    return trainer.fit()
+
+
+def test_ddp_training_lowers_loss_and_checkpoint_generates(ray_local, tmp_path, addition_model, addition_files):
+    result = _fit(tmp_path, addition_model, addition_files[0])
+    history = result.return_value
+    assert [h["step"] for h in history][-1] == 24
+    assert history[-1]["loss"] < history[0]["loss"]
+    heldout = [h["heldout_nll"] for h in history if "heldout_nll" in h]
+    assert len(heldout) == 3 and all(0 < v < 20 for v in heldout)  # GeneralFamily-8 need not lower NLL
+    assert 0 < history[-1]["mean_p"] <= 1 and history[-1]["selected_share"] == 1.0
+    path = final_checkpoint_path(result)
+    assert (Path(path) / "trainer_state.pt").exists()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    out = model.generate(**tok(["12+34="], return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > len(tok("12+34=")["input_ids"])
+
+
+def test_same_seed_gives_the_same_loss_curve(ray_local, tmp_path, tiny_model, addition_files):
+    curves = [[(h["step"], h["loss"]) for h in
+               _fit(tmp_path, tiny_model, addition_files[0], "original", workers=1, steps=12).return_value]
+              for _ in range(2)]
+    assert curves[0] == curves[1]
+    other = _fit(tmp_path, tiny_model, addition_files[0], "original", workers=1, steps=12, seed=1).return_value
+    assert [h["loss"] for h in other] != [loss for _, loss in curves[0]]
+
+
+def test_threshold_objective_reports_selected_share(ray_local, tmp_path, addition_model, addition_files):
+    history = _fit(tmp_path, addition_model, addition_files[0], "TopQuantileP-0.5", workers=1, steps=4,
+                   report_every=2).return_value
+    assert all(0.4 <= h["selected_share"] <= 0.6 for h in history)
+
+
+def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list) -> None:
+    """Wait until Ray Train has registered a checkpoint, then SIGKILL one RayTrainWorker process."""
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(
+        "checkpoint_000008" in p.read_text() for p in storage.glob("*/checkpoint_manager_snapshot.json")
+    ):
+        time.sleep(0.2)
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+            os.kill(proc.pid, signal.SIGKILL)
+            killed.append(proc.pid)
+            return
+
+
+def test_worker_failure_resumes_from_last_checkpoint(ray_local, tmp_path, tiny_model, addition_files):
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path / "ray", killed))
+    killer.start()
+    result = _fit(tmp_path, tiny_model, addition_files[0], "original", steps=40, checkpoint_every=8,
+                  max_failures=2, report_every=4)
+    killer.join()
+    assert killed, "no RayTrainWorker process was found to kill"
+    history = result.return_value  # the attempt that finished, after the restart
+    assert history[0]["resumes"] == 1 and history[0]["step"] > 8, history
+    assert history[-1]["step"] == 40
+    assert torch.load(Path(final_checkpoint_path(result)) / "trainer_state.pt", weights_only=False)["step"] == 40
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--objective=GeneralFamily-99", "alpha"),
+        ("--set=domains.0.train.path=/nonexistent/train.jsonl", "domains.0.train.path: data file not found: /nonexistent/train.jsonl"),
+        ("--set=train.learning_rate=-1", "train.learning_rate"),
+    ],
+)
+def test_bad_train_config_is_one_line_error(tmp_path, tiny_model, addition_files, override, message):
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"name: bad\noutput_dir: {tmp_path}/out\nmodels: [{{name: m, path: {tiny_model}}}]\n"
+        f"domains: [{{name: d, train: {{path: {addition_files[0]}}}, benchmarks: [{{name: x, path: {addition_files[1]}, format: exact}}]}}]\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "alphasweep.cli", "train", "--config", str(config), override],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
