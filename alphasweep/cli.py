@@ -102,11 +102,13 @@ def sweep(config_path, resume, extend, overrides, address, rebuild):
     from alphasweep.demo import prepare_demo
     from alphasweep.orchestrator.report import build_report, format_table, plot_report
     from alphasweep.orchestrator.sweep import run_sweep
+    from alphasweep.orchestrator.tracking import check_reachable
 
     cfg = load_config(config_path or DEMO_CONFIG, list(overrides))
     if cfg.demo:
         cfg = prepare_demo(cfg, rebuild=rebuild, log=_log)
     check_local_paths(cfg)
+    check_reachable(cfg.mlflow_uri())
     started = time.time()
     _init_ray(address)
     run_sweep(cfg, resume=resume, extend=extend, log=_log)

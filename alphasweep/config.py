@@ -180,6 +180,35 @@ class StorageSpec(_Strict):
     checkpoints: str | None = None  # None: $ALPHASWEEP_STORAGE_PATH, else output_dir/ray
 
 
+class DemoBase(_Strict):
+    """How the demo's tiny base model is built (see tinykit.build_base)."""
+
+    pretrain_tasks: dict[str, int] = Field(default_factory=lambda: {"addition": 3000})
+    steps: int = Field(600, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    hidden: int = Field(96, ge=8)
+    layers: int = Field(3, ge=1)
+    seed: int = 0
+
+
+class DemoTask(_Strict):
+    """One synthetic task's files: train (optionally noisy) and a clean held-out test set."""
+
+    n_train: int = Field(2000, ge=1)
+    n_test: int = Field(200, ge=1)
+    noise: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+
+
+class DemoSpec(_Strict):
+    """The embedded default: tiny bases and synthetic data built locally; `demo:` paths point at them."""
+
+    cache_dir: str | None = None  # None: $ALPHASWEEP_CACHE, else ~/.cache/alphasweep
+    base: DemoBase = DemoBase()
+    tasks: dict[str, DemoTask] = Field(default_factory=dict)
+
+
 class SweepConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     output_dir: str
@@ -192,7 +221,7 @@ class SweepConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingSpec = TrackingSpec()
     storage: StorageSpec = StorageSpec()
-    demo: dict[str, Any] | None = None  # the embedded default: which tiny pairs to build (see demo.py)
+    demo: DemoSpec | None = None  # the embedded default: what to build locally (see demo.py)
 
     @property
     def out(self) -> Path:
@@ -290,7 +319,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
 
 
 def _looks_local(path: str) -> bool:
-    return path.startswith(("/", ".", "~")) or Path(path).suffix in {".jsonl", ".json", ".parquet"}
+    return not path.startswith("demo:") and (
+        path.startswith(("/", ".", "~")) or Path(path).suffix in {".jsonl", ".json", ".parquet"})
 
 
 def check_local_paths(cfg: SweepConfig) -> None:

@@ -31,9 +31,8 @@ in (0, 1).
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -41,11 +40,17 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+try:  # CUDA builds of torch ship Triton; without it CUDA falls back to the eager path.
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
 ALPHA_RANGE = (-1.0, 16.0)
 MIN_ABS_ALPHA = 1e-8
-# Elements of [tokens x vocab] per chunk, by device type: on a CPU few enough to stay in cache (4 MiB in
-# float32), on CUDA enough that kernel launches do not dominate (its fused kernels keep no float32 chunk).
-CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}
+# Elements of [tokens x vocab] per chunk of the eager path (CPU; CUDA without Triton): few enough that a
+# float32 chunk (4 MiB) stays in cache and adds next to nothing to peak memory.
+CHUNK_ELEMENTS = 2**20
 
 
 @dataclass(frozen=True)
@@ -168,40 +173,84 @@ def objective_from_params(family: str, alpha: float | None = None, threshold: fl
     )
 
 
-def _rows_logsumexp(logits: Tensor, rows: Tensor) -> Tensor:
-    """Float32 logsumexp over the vocabulary of the given rows."""
-    return torch.logsumexp(logits[rows].float(), -1)
+if triton is not None:
+
+    @triton.jit
+    def _logsumexp_kernel(logits, stride, rows, lse, vocab, BLOCK: tl.constexpr):
+        """lse[i] = logsumexp(logits[rows[i]]) in float32, one pass with a running max."""
+        i = tl.program_id(0)
+        row = logits + tl.load(rows + i) * stride
+        top = tl.full((), float("-inf"), tl.float32)
+        total = tl.zeros((), tl.float32)
+        for start in range(0, vocab, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            x = tl.load(row + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+            new_top = tl.maximum(top, tl.max(x, 0))
+            total = total * tl.exp(top - new_top) + tl.sum(tl.exp(x - new_top), 0)
+            top = new_top
+        tl.store(lse + i, top + tl.log(total))
+
+    @triton.jit
+    def _scaled_softmax_kernel(logits, grad, stride, rows, lse, scale, vocab, BLOCK: tl.constexpr):
+        """grad[rows[i]] = scale[i] * softmax(logits[rows[i]]), in grad's dtype."""
+        i = tl.program_id(0)
+        offset = tl.load(rows + i) * stride
+        row_lse = tl.load(lse + i)
+        row_scale = tl.load(scale + i)
+        for start in range(0, vocab, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            x = tl.load(logits + offset + cols, mask=cols < vocab).to(tl.float32)
+            value = row_scale * tl.exp(x - row_lse)
+            tl.store(grad + offset + cols, value.to(grad.dtype.element_ty), mask=cols < vocab)
 
 
-def _rows_scaled_softmax(logits: Tensor, rows: Tensor, lse: Tensor, scale: Tensor) -> Tensor:
-    """scale * softmax of the given rows, in the logits' dtype."""
-    return (torch.exp(logits[rows].float() - lse[:, None]) * scale[:, None]).to(logits.dtype)
+def _triton_launch(logits: Tensor) -> dict[str, int] | None:
+    """Launch settings where the fused Triton kernels apply (CUDA, Triton installed), else None."""
+    if triton is None or not logits.is_cuda:
+        return None
+    block = min(4096, triton.next_power_of_2(logits.shape[1]))
+    return {"BLOCK": block, "num_warps": 8 if block >= 2048 else 4}
 
 
-@functools.cache
-def _row_kernels(device_type: str) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
-    """The two row functions, fused by torch.compile on CUDA, where eager float32 temporaries would cost
-    more memory traffic than cross_entropy's whole step; eager elsewhere, where compiling costs more than
-    it saves (a CPU chunk stays in cache)."""
-    if device_type == "cuda":
-        return torch.compile(_rows_logsumexp, dynamic=True), torch.compile(_rows_scaled_softmax, dynamic=True)
-    return _rows_logsumexp, _rows_scaled_softmax
+def _rows_logsumexp(logits: Tensor, rows: Tensor, chunk_rows: int) -> Tensor:
+    """Float32 logsumexp over the vocabulary of the given rows of 2-D contiguous logits."""
+    lse = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
+    launch = _triton_launch(logits)
+    if launch is None:
+        for i in range(0, rows.numel(), chunk_rows):
+            lse[i : i + chunk_rows] = torch.logsumexp(logits[rows[i : i + chunk_rows]].float(), -1)
+    elif rows.numel():
+        _logsumexp_kernel[(rows.numel(),)](logits, logits.stride(0), rows, lse, logits.shape[1], **launch)
+    return lse
+
+
+def _rows_scaled_softmax(logits: Tensor, rows: Tensor, lse: Tensor, scale: Tensor, chunk_rows: int) -> Tensor:
+    """A tensor like logits holding scale * softmax in the given rows and 0 in the others."""
+    grad = torch.empty_like(logits) if rows.numel() == logits.shape[0] else torch.zeros_like(logits)
+    launch = _triton_launch(logits)
+    if launch is None:
+        for i in range(0, rows.numel(), chunk_rows):
+            idx, part = rows[i : i + chunk_rows], slice(i, i + chunk_rows)
+            softmax = torch.exp(logits[idx].float() - lse[part, None])
+            grad.index_copy_(0, idx, (softmax * scale[part, None]).to(grad.dtype))
+    elif rows.numel():
+        args = (logits, grad, logits.stride(0), rows, lse, scale, logits.shape[1])
+        _scaled_softmax_kernel[(rows.numel(),)](*args, **launch)
+    return grad
 
 
 class _TargetLogProb(torch.autograd.Function):
-    """log softmax(logits)[label] for chosen rows, one chunk of rows at a time.
+    """log softmax(logits)[label] for chosen rows of 2-D contiguous logits.
 
     Autograd through `log_softmax(...).gather(...)` would keep a float32 [rows x vocab] tensor alive from
-    forward to backward; this keeps only each row's logsumexp and recomputes the softmax chunk by chunk in
-    backward, where d log p / d logits = onehot - softmax.
+    forward to backward; this keeps only each row's logsumexp and recomputes the softmax in backward, where
+    d log p / d logits = onehot - softmax. On CUDA, two Triton kernels each read the logits once (and
+    backward writes the gradient once); elsewhere eager code goes through `chunk_rows` rows at a time.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, rows: Tensor, chunk_rows: int) -> Tensor:
-        logsumexp, _ = _row_kernels(logits.device.type)
-        lse = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
-        for i in range(0, rows.numel(), chunk_rows):
-            lse[i : i + chunk_rows] = logsumexp(logits, rows[i : i + chunk_rows])
+        lse = _rows_logsumexp(logits, rows, chunk_rows)
         logp = logits[rows, labels[rows]].float() - lse
         ctx.save_for_backward(logits, labels, rows, lse, logp)
         ctx.chunk_rows = chunk_rows
@@ -211,32 +260,27 @@ class _TargetLogProb(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp: Tensor) -> tuple[Tensor, None, None, None]:
         logits, labels, rows, lse, logp = ctx.saved_tensors
-        _, scaled_softmax = _row_kernels(logits.device.type)
-        dense = rows.numel() == logits.shape[0]  # every row gets written below
-        grad = torch.empty_like(logits) if dense else torch.zeros_like(logits)
-        for i in range(0, rows.numel(), ctx.chunk_rows):
-            idx, g = rows[i : i + ctx.chunk_rows], grad_logp[i : i + ctx.chunk_rows]
-            chunk = scaled_softmax(logits, idx, lse[i : i + ctx.chunk_rows], -g)
-            # g * (1 - p) at the target, from log p: exact where p is close to 1.
-            target = -g * torch.expm1(logp[i : i + ctx.chunk_rows])
-            chunk.scatter_(1, labels[idx, None], target[:, None].to(chunk.dtype))
-            grad.index_copy_(0, idx, chunk)
+        grad = _rows_scaled_softmax(logits, rows, lse, -grad_logp.contiguous(), ctx.chunk_rows)
+        # g * (1 - p) at the targets, from log p: exact where p is close to 1.
+        grad[rows, labels[rows]] = (-grad_logp * torch.expm1(logp)).to(grad.dtype)
         return grad, None, None, None
 
 
 def target_log_prob(
-    logits: Tensor, labels: Tensor, loss_mask: Tensor, *, chunk_elements: int | None = None
+    logits: Tensor, labels: Tensor, loss_mask: Tensor, *, chunk_elements: int = CHUNK_ELEMENTS
 ) -> Tensor:
     """Float32 log-probability of each masked token's label, in row-major order of the mask.
 
     logits [..., T, V] in any float dtype, labels [..., T] (ignored where the mask is off), loss_mask
-    [..., T]. Differentiable; holds one chunk of rows at a time (`CHUNK_ELEMENTS` by default).
+    [..., T]. Differentiable, without any float32 [tokens x vocab] tensor: fused Triton kernels on CUDA,
+    elsewhere chunks of `chunk_elements` (default `CHUNK_ELEMENTS`). Logits whose rows do not flatten to
+    a view (say `logits[:, :-1]`) get copied first: shift the labels rather than the logits.
     """
     vocab = logits.shape[-1]
     rows = loss_mask.reshape(-1).nonzero().squeeze(1)
-    chunk_elements = chunk_elements or CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cpu"])
     chunk_rows = max(1, chunk_elements // vocab)
-    return _TargetLogProb.apply(logits.reshape(-1, vocab), labels.reshape(-1).long(), rows, chunk_rows)
+    flat = logits.reshape(-1, vocab).contiguous()  # a no-op for logits straight from a model
+    return _TargetLogProb.apply(flat, labels.reshape(-1).long(), rows, chunk_rows)
 
 
 def _quantile(values: Tensor, r: float) -> Tensor:
@@ -261,7 +305,7 @@ def _token_loss(objective: Objective, logp: Tensor) -> Tensor:
 
 
 def _selected_loss(
-    logits: Tensor, labels: Tensor, loss_mask: Tensor, objective: Objective, chunk_elements: int | None
+    logits: Tensor, labels: Tensor, loss_mask: Tensor, objective: Objective, chunk_elements: int
 ) -> tuple[Tensor, Tensor, int]:
     """The loss, the detached p of the masked tokens and how many of them the objective selects."""
     logp = target_log_prob(logits, labels, loss_mask, chunk_elements=chunk_elements)
@@ -280,7 +324,7 @@ def objective_loss(
     loss_mask: Tensor,
     objective: Objective,
     *,
-    chunk_elements: int | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> Tensor:
     """0-dim float32 loss: sum of f(p) over the tokens that the mask and any cut select, divided by their
     number (the paper's normalisation); 0 with a zero gradient when none is selected.
@@ -297,7 +341,7 @@ def objective_loss_with_stats(
     loss_mask: Tensor,
     objective: Objective,
     *,
-    chunk_elements: int | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> tuple[Tensor, dict[str, float]]:
     """`objective_loss` plus statistics for logging, as python floats: `selected_share` (selected / masked
     tokens), `mean_p` (mean target probability of the masked tokens) and `tokens` (masked tokens), all 0

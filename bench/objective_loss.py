@@ -24,7 +24,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from alphasweep.objectives import objective_loss, parse_objective
+from alphasweep.objectives import CHUNK_ELEMENTS, objective_loss, parse_objective
 
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 NLL = parse_objective("original")
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--vocabs", type=int, nargs="+", default=[32768, 152064])
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up; the best counts")
-    parser.add_argument("--chunk-elements", type=int, help="default: CHUNK_ELEMENTS of the device")
+    parser.add_argument("--chunk-elements", type=int, default=CHUNK_ELEMENTS, help="eager path only (no Triton)")
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # set in subprocesses
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -96,7 +96,7 @@ def main() -> None:
         return
 
     common = [f"--device={args.device}", f"--dtype={args.dtype}", f"--tokens={args.tokens}"]
-    common += [f"--repeats={args.repeats}"] + ([f"--chunk-elements={args.chunk_elements}"] if args.chunk_elements else [])
+    common += [f"--repeats={args.repeats}", f"--chunk-elements={args.chunk_elements}"]
     print(f"device={args.device} dtype={args.dtype} tokens={args.tokens} chunk_elements={args.chunk_elements}")
     print(f"{'variant':<15} {'vocab':>7} {'ms':>9} {'peak MiB':>9} {'x CE time':>9} {'x naive mem':>11} {'loss':>8}")
     for vocab in args.vocabs:

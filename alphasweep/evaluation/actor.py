@@ -167,27 +167,60 @@ def get_evaluator(eval_cfg: EvalConfig | dict | None = None, name: str = "alphas
     ).remote(cfg)
 
 
+def _ping(self) -> bool:  # runs inside the actor through __ray_call__
+    return True
+
+
 def evaluate_with_timeout(actor, checkpoint: str, benchmarks: list[BenchmarkSpec | dict | str],
                           timeout_s: float, *, limit: int | None = None) -> dict[str, Any]:
     """`actor.evaluate(...)` with a deadline. Returns its result, or `{"error": message}` when the actor
     crashed (Ray restarts it), the call timed out (the actor is killed and restarted), or `evaluate`
-    raised (bad checkpoint or benchmark; the actor stays as it is)."""
-    import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+    raised (bad checkpoint or benchmark; the actor stays as it is).
 
+    An actor that is still restarting after an earlier crash is waited for (within the deadline)
+    before the request is sent, so the request after a crash works. A crashed request is not retried:
+    the checkpoint itself may be what crashes the backend.
+    """
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+
+    deadline = time.monotonic() + timeout_s
     specs = [b.model_dump() if isinstance(b, BenchmarkSpec) else b for b in benchmarks]
-    ref = actor.evaluate.remote(checkpoint, specs, limit)
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except GetTimeoutError:
+
+    def remaining() -> float:
+        return max(deadline - time.monotonic(), 0.001)
+
+    def timed_out() -> dict[str, Any]:
         try:
             ray.kill(actor, no_restart=False)
         except Exception:  # noqa: BLE001 — already dead: the next get_evaluator makes a new one
             pass
         return {"error": f"evaluation of {checkpoint} timed out after {timeout_s:g}s; evaluator restarted"}
+
+    def crashed(e: Exception) -> dict[str, Any]:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return {"error": f"evaluator crashed while evaluating {checkpoint}: {type(e).__name__}: {first}"}
+
+    while True:  # wait until the actor answers (a fresh or restarting actor takes a while)
+        try:
+            ray.get(actor.__ray_call__.remote(_ping), timeout=remaining())
+            break
+        except GetTimeoutError:
+            return timed_out()
+        except ActorUnavailableError:
+            if time.monotonic() >= deadline:
+                return timed_out()
+            time.sleep(min(0.5, remaining()))
+        except (ActorDiedError, RayActorError) as e:
+            return crashed(e)
+    ref = actor.evaluate.remote(checkpoint, specs, limit)
+    try:
+        return ray.get(ref, timeout=remaining())
+    except GetTimeoutError:
+        return timed_out()
     except RayActorError as e:
-        return {"error": f"evaluator crashed while evaluating {checkpoint}: {type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+        return crashed(e)
     except RayTaskError as e:
         cause = e.cause if getattr(e, "cause", None) is not None else e
-        return {"error": f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"}
+        text = str(cause).strip()
+        return {"error": f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import optuna
@@ -46,42 +45,59 @@ def effective_alpha(config: dict) -> float | None:
     return {"nll": 0.0, "p": 1.0}.get(family, config.get("alpha") if family == "general" else None)
 
 
-def plot_report(cfg: SweepConfig, report: dict, out_dir: Path) -> list[Path]:
-    """score vs alpha per pair, and probe mean p vs best alpha across pairs."""
+def alpha_points(study: optuna.Study) -> list[tuple[float, float]]:
+    """(alpha, score) of the study's complete trials whose objective has an alpha."""
+    return sorted((effective_alpha(t.params), t.value) for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and effective_alpha(t.params) is not None)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(cfg.optuna_storage())
+    return plt
+
+
+def plot_score_vs_alpha(curves: dict[str, list[tuple[float, float]]], path: Path) -> Path:
+    """One line per pair: benchmark accuracy against alpha (symlog axis: 0 = NLL, 1 = p)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    best_alpha = []
-    for p in report["pairs"]:
-        study = optuna.load_study(study_name=study_name(p["model"], p["domain"]), storage=storage)
-        pts = sorted((effective_alpha(t.params), t.value) for t in study.trials
-                     if t.value is not None and t.state == optuna.trial.TrialState.COMPLETE
-                     and effective_alpha(t.params) is not None)
+    for label, pts in curves.items():
         if pts:
-            ax.plot([a for a, _ in pts], [v for _, v in pts], "o-", label=f"{p['model']}/{p['domain']} ({p['continuum']})")
-            best = max(pts, key=lambda x: x[1])
-            best_alpha.append((p["probe_mean_p"], best[0], f"{p['model']}/{p['domain']}"))
+            ax.plot([a for a, _ in pts], [v for _, v in pts], "o-", label=label)
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("alpha (0 = NLL, 1 = p)")
     ax.set_ylabel("benchmark accuracy")
     ax.set_title("score vs alpha per pair")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    paths = [out_dir / "score_vs_alpha.png"]
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
 
+
+def plot_report(cfg: SweepConfig, report: dict, out_dir: Path) -> list[Path]:
+    """score vs alpha per pair, and probe mean p vs best alpha across pairs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(cfg.optuna_storage())
+    curves, best_alpha = {}, []
+    for p in report["pairs"]:
+        label = f"{p['model']}/{p['domain']}"
+        pts = alpha_points(optuna.load_study(study_name=study_name(p["model"], p["domain"]), storage=storage))
+        curves[f"{label} ({p['continuum']})"] = pts
+        if pts and p["probe_mean_p"] is not None:
+            best_alpha.append((p["probe_mean_p"], max(pts, key=lambda x: x[1])[0], label))
+    paths = [plot_score_vs_alpha(curves, out_dir / "score_vs_alpha.png")]
+
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
     for mean_p, alpha, label in best_alpha:
-        if mean_p is not None and not math.isnan(mean_p):
-            ax.scatter(mean_p, alpha)
-            ax.annotate(label, (mean_p, alpha), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.scatter(mean_p, alpha)
+        ax.annotate(label, (mean_p, alpha), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_xlabel("probe: mean target probability of the base model")
     ax.set_ylabel("best alpha")
@@ -92,4 +108,3 @@ def plot_report(cfg: SweepConfig, report: dict, out_dir: Path) -> list[Path]:
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
     return paths
-

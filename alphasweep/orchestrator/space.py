@@ -6,8 +6,6 @@ Optuna proposes `{family, alpha?, threshold?, learning_rate?}`; `objective_of` t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from alphasweep.config import ConfigError, SearchSpec
 from alphasweep.objectives import Objective, objective_from_params, parse_objective
 
@@ -18,10 +16,14 @@ def needs_threshold(family: str) -> bool:
     return family not in ALPHA_FAMILIES and family not in {"nll", "p", "dft"}
 
 
-def define_space(search: SearchSpec) -> Callable:
-    """The function OptunaSearch calls with an Optuna trial to draw one configuration."""
+class SearchSpace:
+    """The define-by-run function OptunaSearch calls with an Optuna trial (a class: Tune pickles it)."""
 
-    def space(trial) -> None:
+    def __init__(self, search: SearchSpec):
+        self.search = search
+
+    def __call__(self, trial) -> None:
+        search = self.search
         family = trial.suggest_categorical("family", list(search.families))
         if family in ALPHA_FAMILIES:
             trial.suggest_float("alpha", search.alpha.low, search.alpha.high, log=search.alpha.log)
@@ -30,8 +32,6 @@ def define_space(search: SearchSpec) -> Callable:
         if search.learning_rate:
             lr = search.learning_rate
             trial.suggest_float("learning_rate", lr.low, lr.high, log=lr.log)
-
-    return space
 
 
 def objective_of(config: dict) -> Objective:

@@ -18,8 +18,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from alphasweep.config import ConfigError, SweepConfig
+from alphasweep.evaluation.actor import get_evaluator
 from alphasweep.orchestrator import tracking
-from alphasweep.orchestrator.space import define_space, point_of
+from alphasweep.orchestrator.space import SearchSpace, point_of
 from alphasweep.orchestrator.trial import PairJob, run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -101,8 +102,15 @@ def run_pair(cfg: SweepConfig, job: PairJob, storage, client, exp_id: str, budge
         _search(cfg, job, storage, client, exp_id, parent, name, study, probe, remaining, log)
     summary = pair_summary(optuna.load_study(study_name=name, storage=storage), job.model, job.domain)
     if summary["best_objective"]:
+        from alphasweep.objectives import parse_objective, plot_weights
+        from alphasweep.orchestrator.report import alpha_points, plot_score_vs_alpha
+
         client.set_tag(parent, "best_objective", summary["best_objective"])
         client.log_metric(parent, "best_score", summary["best_score"])
+        points = alpha_points(optuna.load_study(study_name=name, storage=storage))
+        tracking.log_png(client, parent, lambda p: plot_score_vs_alpha({name: points}, p), "score_vs_alpha.png")
+        tracking.log_png(client, parent, lambda p: plot_weights([parse_objective(o) for o in summary["scores"]], p),
+                         "weights.png")
     tracking.close_parent_run(client, parent)
     return summary
 
@@ -117,7 +125,7 @@ def _search(cfg, job, storage, client, exp_id, parent, name, study, probe, remai
             points.append(point)
             seen.add(obj_name)
     searcher = PairSearch(
-        define_space(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points[:remaining] or None,
+        SearchSpace(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points[:remaining] or None,
         sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials), multivariate=True, group=True,
                                            n_startup_trials=4),
         study_name=name, storage=storage,
@@ -217,6 +225,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
         load_rows(domain.train)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name)
+    evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it
     done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
     if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
@@ -229,4 +238,5 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
         done = len(finished_trials(storage, study_name(model.name, domain.name)))
         budget = max(cfg.budget.trials_per_pair, done + extend) if extend else cfg.budget.trials_per_pair
         summaries.append(run_pair(cfg, job, storage, client, exp_id, budget, log))
+    del evaluator
     return summaries

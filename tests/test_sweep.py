@@ -1,0 +1,206 @@
+"""The sweep end to end on a real local Ray cluster, real Optuna storage and a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from alphasweep.synthetic import write_task_files
+
+
+@pytest.fixture(scope="module")
+def cipher_files(kit_dir):
+    return write_task_files("cipher", kit_dir / "cipher", n_train=256, n_test=32, seed=0)
+
+
+def _config(tmp_path: Path, model: Path, addition, cipher, **over) -> Path:
+    cfg = {
+        "name": "e2e",
+        "output_dir": str(tmp_path / "out"),
+        "models": [{"name": "tiny", "path": str(model)}],
+        "domains": [
+            {"name": "addition", "train": {"path": str(addition[0]), "heldout": 16},
+             "benchmarks": [{"name": "addition", "path": str(addition[1]), "format": "exact"}]},
+            {"name": "cipher", "train": {"path": str(cipher[0]), "heldout": 16},
+             "benchmarks": [{"name": "cipher", "path": str(cipher[1]), "format": "exact"}]},
+        ],
+        "search": {"families": ["nll", "p", "general"], "enqueue": ["original", "p"]},
+        "budget": {"trials_per_pair": 3, "max_concurrent": 2},
+        "train": {"steps": 8, "batch_size": 8, "learning_rate": 3e-3, "max_length": 24, "workers": 1,
+                  "report_every": 4, "eval_every": 4},
+        "eval": {"max_new_tokens": 6, "batch_size": 32, "limit": 16},
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cli(*args, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alphasweep.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def _ray_env(ray_local) -> dict:
+    """Sweeps attach to the test's cluster: one Ray instance on the machine, as on a laptop."""
+    return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend), stopped with its process group."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{root}/m.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not start")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _runs(uri: str, name: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
+        ray_local, tmp_path, tiny_model, addition_files, cipher_files, mlflow_server):
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files, tracking={"mlflow_uri": mlflow_server})
+    proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "best objective" in proc.stdout and "mlflow" in proc.stdout.lower()
+
+    runs = _runs(mlflow_server, "e2e")
+    parents = [r for r in runs if r.data.tags.get("alphasweep.kind") == "pair"]
+    children = [r for r in runs if r.data.tags.get("alphasweep.kind") == "trial"]
+    assert len(parents) == 2 and len(children) == 6
+    parent_ids = {r.info.run_id for r in parents}
+    for r in children:
+        assert set(r.data.params) == {"objective", "family", "alpha", "threshold", "learning_rate"}
+        assert r.data.tags["mlflow.parentRunId"] in parent_ids
+        assert {"model", "domain", "tune_trial_id", "optuna_trial"} <= set(r.data.tags)
+        assert "score" in r.data.metrics and "loss" in r.data.metrics and r.info.status == "FINISHED"
+    for r in parents:
+        assert "probe_mean_p" in r.data.metrics and r.info.status == "FINISHED"
+
+    storage = f"sqlite:///{tmp_path}/out/optuna.db"
+    studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    assert set(studies) == {"tiny/addition", "tiny/cipher"}
+    for name in studies:
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+        assert len(trials) == 3
+        assert {t.params["family"] for t in trials[:2]} == {"nll", "p"}  # the enqueued warm start ran first
+
+    report = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)
+    assert report["mlflow_uri"] == mlflow_server and report["optuna_storage"] == storage
+    for pair in report["pairs"]:
+        study = optuna.load_study(study_name=f"{pair['model']}/{pair['domain']}", storage=storage)
+        assert pair["trials"] == 3 and pair["best_score"] == study.best_value
+        mlflow_scores = {r.data.params["objective"]: r.data.metrics["score"] for r in children
+                         if r.data.tags["domain"] == pair["domain"]}
+        assert pair["scores"] == pytest.approx(mlflow_scores)
+
+
+def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model, addition_files, cipher_files):
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files, budget={"trials_per_pair": 3,
+                                                                                 "max_concurrent": 1})
+    storage = f"sqlite:///{tmp_path}/out/optuna.db"
+    driver = subprocess.Popen([sys.executable, "-m", "alphasweep.cli", "sweep", str(config)],
+                              env={**os.environ, **_ray_env(ray_local)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill it once the first trial is done and the second is running
+        time.sleep(1)
+        try:
+            trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials()
+        except (KeyError, Exception):
+            continue
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and any(t.state == TrialState.RUNNING for t in trials):
+            break
+    driver.kill()
+    driver.wait()
+
+    proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 2 and "--resume" in proc.stderr  # an unfinished sweep is not resumed silently
+
+    proc = _cli("sweep", str(config), "--resume", env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "interrupted trial(s) marked failed" in proc.stdout
+    runs = _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for name in ("tiny/addition", "tiny/cipher"):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        finished = [r for r in runs if r.data.tags.get("alphasweep.pair") == name and r.info.status == "FINISHED"
+                    and r.data.tags.get("alphasweep.kind") == "trial"]
+        numbers = [r.data.tags["optuna_trial"] for r in finished]
+        assert len(numbers) == len(set(numbers)) == 3
+
+    proc = _cli("sweep", str(config), "--extend", "1", env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("tiny/addition", "tiny/cipher"):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+        assert len(trials) == 4
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"search": {"families": ["nll", "banana"]}}, "search.families: unknown family 'banana'"),
+        ({"search": {"alpha": {"low": 4, "high": 1}}}, "search.alpha: low (4.0) must be below high (1.0)"),
+        ({"domains": [{"name": "d", "train": {"path": "/nonexistent/x.jsonl"},
+                       "benchmarks": [{"name": "b", "path": "/nonexistent/b.jsonl", "format": "exact"}]}]},
+         "domains.0.train.path: data file not found: /nonexistent/x.jsonl"),
+        ({"tracking": {"mlflow_uri": "http://127.0.0.1:9"}}, "tracking server http://127.0.0.1:9 is unreachable"),
+    ],
+)
+def test_bad_sweep_config_fails_before_any_trial(tmp_path, tiny_model, addition_files, cipher_files, over, message):
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files, **over)
+    proc = _cli("sweep", str(config), env={"RAY_ADDRESS": ""}, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "out" / "optuna.db").exists() or not optuna.get_all_study_summaries(
+        f"sqlite:///{tmp_path}/out/optuna.db")
