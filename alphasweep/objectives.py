@@ -212,30 +212,38 @@ def _triton_launch(logits: Tensor) -> dict[str, int] | None:
     return {"BLOCK": block, "num_warps": 8 if block >= 2048 else 4}
 
 
-def _rows_logsumexp(logits: Tensor, rows: Tensor, chunk_rows: int) -> Tensor:
-    """Float32 logsumexp over the vocabulary of the given rows of 2-D contiguous logits."""
-    lse = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
+def _rows_target_logp(logits: Tensor, rows: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
+    """Float32 log softmax(logits[rows])[targets] of 2-D contiguous logits."""
     launch = _triton_launch(logits)
-    if launch is None:
-        for i in range(0, rows.numel(), chunk_rows):
-            lse[i : i + chunk_rows] = torch.logsumexp(logits[rows[i : i + chunk_rows]].float(), -1)
-    elif rows.numel():
-        _logsumexp_kernel[(rows.numel(),)](logits, logits.stride(0), rows, lse, logits.shape[1], **launch)
-    return lse
+    if launch is not None:
+        lse = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
+        if rows.numel():
+            _logsumexp_kernel[(rows.numel(),)](logits, logits.stride(0), rows, lse, logits.shape[1], **launch)
+        return logits[rows, targets].float() - lse
+    logp = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
+    for i in range(0, rows.numel(), chunk_rows):
+        idx, part = rows[i : i + chunk_rows], slice(i, i + chunk_rows)
+        chunk = torch.log_softmax(logits[idx], -1, dtype=torch.float32)
+        logp[part] = chunk.gather(1, targets[part, None]).squeeze(1)
+    return logp
 
 
-def _rows_scaled_softmax(logits: Tensor, rows: Tensor, lse: Tensor, scale: Tensor, chunk_rows: int) -> Tensor:
+def _rows_scaled_softmax(
+    logits: Tensor, rows: Tensor, targets: Tensor, logp: Tensor, scale: Tensor, chunk_rows: int
+) -> Tensor:
     """A tensor like logits holding scale * softmax in the given rows and 0 in the others."""
     grad = torch.empty_like(logits) if rows.numel() == logits.shape[0] else torch.zeros_like(logits)
     launch = _triton_launch(logits)
-    if launch is None:
-        for i in range(0, rows.numel(), chunk_rows):
-            idx, part = rows[i : i + chunk_rows], slice(i, i + chunk_rows)
-            softmax = torch.exp(logits[idx].float() - lse[part, None])
-            grad.index_copy_(0, idx, (softmax * scale[part, None]).to(grad.dtype))
-    elif rows.numel():
-        args = (logits, grad, logits.stride(0), rows, lse, scale, logits.shape[1])
-        _scaled_softmax_kernel[(rows.numel(),)](*args, **launch)
+    if launch is not None:
+        if rows.numel():
+            lse = logits[rows, targets].float() - logp
+            args = (logits, grad, logits.stride(0), rows, lse, scale, logits.shape[1])
+            _scaled_softmax_kernel[(rows.numel(),)](*args, **launch)
+        return grad
+    for i in range(0, rows.numel(), chunk_rows):
+        idx, part = rows[i : i + chunk_rows], slice(i, i + chunk_rows)
+        chunk = torch.softmax(logits[idx], -1, dtype=torch.float32).mul_(scale[part, None])
+        grad.index_copy_(0, idx, chunk.to(grad.dtype))
     return grad
 
 
@@ -243,26 +251,26 @@ class _TargetLogProb(torch.autograd.Function):
     """log softmax(logits)[label] for chosen rows of 2-D contiguous logits.
 
     Autograd through `log_softmax(...).gather(...)` would keep a float32 [rows x vocab] tensor alive from
-    forward to backward; this keeps only each row's logsumexp and recomputes the softmax in backward, where
+    forward to backward; this keeps only the log-probs and recomputes the softmax in backward, where
     d log p / d logits = onehot - softmax. On CUDA, two Triton kernels each read the logits once (and
     backward writes the gradient once); elsewhere eager code goes through `chunk_rows` rows at a time.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, rows: Tensor, chunk_rows: int) -> Tensor:
-        lse = _rows_logsumexp(logits, rows, chunk_rows)
-        logp = logits[rows, labels[rows]].float() - lse
-        ctx.save_for_backward(logits, labels, rows, lse, logp)
+        targets = labels[rows]
+        logp = _rows_target_logp(logits, rows, targets, chunk_rows)
+        ctx.save_for_backward(logits, rows, targets, logp)
         ctx.chunk_rows = chunk_rows
         return logp
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp: Tensor) -> tuple[Tensor, None, None, None]:
-        logits, labels, rows, lse, logp = ctx.saved_tensors
-        grad = _rows_scaled_softmax(logits, rows, lse, -grad_logp.contiguous(), ctx.chunk_rows)
+        logits, rows, targets, logp = ctx.saved_tensors
+        grad = _rows_scaled_softmax(logits, rows, targets, logp, (-grad_logp).contiguous(), ctx.chunk_rows)
         # g * (1 - p) at the targets, from log p: exact where p is close to 1.
-        grad[rows, labels[rows]] = (-grad_logp * torch.expm1(logp)).to(grad.dtype)
+        grad[rows, targets] = (-grad_logp * torch.expm1(logp)).to(grad.dtype)
         return grad, None, None, None
 
 

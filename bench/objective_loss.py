@@ -49,7 +49,9 @@ def _memory_now(device: str) -> int:
 
 
 def _peak(device: str) -> int:
-    return torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _sync(device: str) -> None:

@@ -243,6 +243,71 @@ def test_run_eval_writes_records_and_table(tmp_path, finetuned_model, addition_f
     assert spec.format == "exact" and spec.name == addition_files[1].parent.name
 
 
+# ---------------------------------------------------------------- vLLM backend plumbing (no GPU)
+
+_STUB_VLLM = '''
+"""A stand-in for vllm's offline API: answers the addition prompts it is given as token ids."""
+import os
+from transformers import AutoTokenizer
+
+class SamplingParams:
+    def __init__(self, **kw):
+        self.kw = kw
+
+class _Completion:
+    def __init__(self, text):
+        self.text = text
+
+class _Output:
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+class LLM:
+    def __init__(self, model, **kw):
+        if os.path.exists(os.path.join(model, "BROKEN")):
+            raise RuntimeError("engine failed to start")
+        assert kw["dtype"] == "bfloat16" and kw["tensor_parallel_size"] == 1, kw
+        self.tok = AutoTokenizer.from_pretrained(model)
+
+    def get_tokenizer(self):
+        return self.tok
+
+    def generate(self, prompts, params, use_tqdm=True):
+        assert params.kw["temperature"] == 0.0 and not use_tqdm
+        outs = []
+        for p in prompts:
+            a, b = self.tok.decode(p["prompt_token_ids"], skip_special_tokens=True).rstrip("=").split("+")
+            outs.append(_Output([_Completion(str(int(a) + int(b))) for _ in range(params.kw["n"])]))
+        return outs
+'''
+
+
+def test_vllm_backend_runs_the_engine_in_a_child_process(tmp_path, monkeypatch, tiny_model, addition_bench):
+    """The process plumbing of the vLLM backend, with a stub engine: prompts arrive as the same token ids
+    hf would use, a new checkpoint stops the old engine process, close() stops the last one."""
+    import psutil
+
+    (tmp_path / "stub" / "vllm").mkdir(parents=True)
+    (tmp_path / "stub" / "vllm" / "__init__.py").write_text(_STUB_VLLM)
+    monkeypatch.syspath_prepend(str(tmp_path / "stub"))  # spawned children get the parent's sys.path
+    ev = Evaluator({**CFG, "backend": "vllm"}, log=None)
+    assert ev.backend.name == "vllm"
+    result = ev.evaluate(str(tiny_model), [addition_bench], limit=16)
+    assert result["backend"] == "vllm" and result["scores"]["addition"] == 1.0  # token ids round-trip
+    first = ev.backend._proc.pid
+    other = shutil.copytree(tiny_model, tmp_path / "other")
+    ev.evaluate(str(other), [addition_bench], limit=4)
+    assert ev.backend._proc.pid != first and not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
+    second = ev.backend._proc.pid
+    ev.close()
+    assert not psutil.pid_exists(second) or psutil.Process(second).status() == "zombie"
+    broken = shutil.copytree(tiny_model, tmp_path / "broken")
+    (broken / "BROKEN").touch()
+    with pytest.raises(RuntimeError, match="engine failed to start"):
+        ev.evaluate(str(broken), [addition_bench], limit=4)
+    assert ev.loaded() is None
+
+
 # ---------------------------------------------------------------- GPU
 
 

@@ -175,9 +175,9 @@ def test_chunked_target_log_prob_matches_naive(device, dtype):
 
 
 def test_names_round_trip_for_every_family():
-    samples = {"general": [-1.0, -0.25, 1e-4, 0.5, 1.0, 16.0, 1 / 3], "threshold": [1e-6, 0.1, 0.5, 2 / 3]}
+    alphas, cuts = [-1.0, -0.25, 1e-4, 0.5, 1.0, 16.0, 1 / 3], [1e-6, 0.1, 0.5, 2 / 3]
     for family in FAMILIES:
-        for value in samples["general" if family == "general" else "threshold"] if family not in ("nll", "p", "dft") else [None]:
+        for value in alphas if family == "general" else [None] if family in ("nll", "p", "dft") else cuts:
             objective = objective_from_params(family, alpha=value, threshold=value)
             assert objective.family == family
             assert parse_objective(objective.name) == objective

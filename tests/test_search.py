@@ -1,0 +1,83 @@
+"""The search space and the Optuna searcher on a real Optuna RDB storage (no cluster needed)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from alphasweep.config import ConfigError, SearchSpec
+from alphasweep.orchestrator.space import SearchSpace, objective_of, point_of
+from alphasweep.orchestrator.sweep import PairSearch, fail_stale_trials, pair_summary
+
+
+def test_space_draws_alpha_only_for_general_and_a_cut_only_for_thresholds():
+    search = SearchSpec(families=["nll", "p", "general", "top_logp", "bottom_quantile_p"],
+                        alpha={"low": -1, "high": 16}, threshold={"low": 0.1, "high": 0.9})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: SearchSpace(search)(t) or 0.0, n_trials=80)
+    seen = set()
+    for t in study.trials:
+        family = t.params["family"]
+        seen.add(family)
+        expected = {"family"} | ({"alpha"} if family == "general" else set()) | (
+            {"threshold"} if family in ("top_logp", "bottom_quantile_p") else set())
+        assert set(t.params) == expected
+        obj = objective_of(t.params)  # every draw is a valid objective
+        assert obj.family == family
+        if family == "general":
+            assert -1 <= t.params["alpha"] <= 16
+    assert seen == set(search.families)
+
+
+def test_enqueued_names_become_points_and_foreign_families_are_refused():
+    search = SearchSpec(families=["nll", "p", "general", "top_p"])
+    assert point_of("original", search) == {"family": "nll"}
+    assert point_of("GeneralFamily-4", search) == {"family": "general", "alpha": 4.0}
+    assert point_of("OnlyTopP-0.5", search) == {"family": "top_p", "threshold": 0.5}
+    assert objective_of(point_of("OnlyTopP-0.5", search)).name == "OnlyTopP-0.5"
+    with pytest.raises(ConfigError, match="dft.*not in search.families"):
+        point_of("dft", search)
+
+
+def _searcher(storage, name="m/d", points=None):
+    return PairSearch(SearchSpace(SearchSpec(families=["nll", "p", "general"])), metric="score", mode="max",
+                      points_to_evaluate=points, study_name=name, storage=storage,
+                      sampler=optuna.samplers.TPESampler(seed=0), constants={"train_learning_rate": 1e-3})
+
+
+def test_trials_stopped_early_reach_optuna_as_pruned_not_complete(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
+    searcher = _searcher(storage, points=[{"family": "p"}])
+    first = searcher.suggest("t1")
+    assert first["family"] == "p" and first["optuna_trial"] == 0 and first["train_learning_rate"] == 1e-3
+    second = searcher.suggest("t2")
+    assert second["optuna_trial"] == 1
+
+    # training reports carry the intermediate signal, never the search metric: no KeyError
+    for step, nll in ((4, 2.0), (8, 1.5)):
+        searcher.on_trial_result("t1", {"step": step, "heldout_nll": nll, "training_iteration": step // 4})
+        searcher.on_trial_result("t2", {"step": step, "heldout_nll": nll + 1, "training_iteration": step // 4})
+    searcher.on_trial_result("t2", {"step": 9, "loss": 0.1, "training_iteration": 3})
+    searcher.on_trial_complete("t1", {"score": 0.75, "step": 8})
+    searcher.on_trial_complete("t2", {"step": 8, "heldout_nll": 2.5})  # ASHA stopped it: no score
+
+    study = optuna.load_study(study_name="m/d", storage=storage)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[0].state == TrialState.COMPLETE and by_number[0].value == 0.75
+    assert by_number[1].state == TrialState.PRUNED and by_number[1].value is None
+    assert by_number[1].intermediate_values == {}
+    summary = pair_summary(study, "m", "d")
+    assert summary["trials"] == 1 and summary["stopped_early"] == 1 and summary["best_objective"] == "p"
+
+
+def test_trials_left_running_by_a_dead_driver_are_marked_failed(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
+    searcher = _searcher(storage)
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.on_trial_complete("a", {"score": 0.5})
+    assert fail_stale_trials(storage, "m/d") == 1
+    states = [t.state for t in optuna.load_study(study_name="m/d", storage=storage).trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]
+    assert fail_stale_trials(storage, "no/such-study") == 0
