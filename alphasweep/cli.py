@@ -76,9 +76,9 @@ def train(config_path, objective, model_name, domain_name, overrides, address):
     check_local_paths(cfg)
     _init_ray(address)
     name = f"train-{model.name}-{domain.name}-{obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({cfg.train.steps} steps, "
+    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({cfg.train_for(domain).steps} steps, "
                f"{cfg.train.workers} worker(s))")
-    trainer = build_trainer(model_path=model.path, data=domain.train, train=cfg.train, objective=obj.name,
+    trainer = build_trainer(model_path=model.path, data=domain.train, train=cfg.train_for(domain), objective=obj.name,
                             storage_path=cfg.checkpoint_root(), name=name, callbacks=[PrintProgress("  ")])
     result = trainer.fit()
     click.echo(f"final checkpoint: {final_checkpoint_path(result)}")

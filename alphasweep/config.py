@@ -64,6 +64,7 @@ class DomainSpec(_Strict):
     name: str
     train: DataSpec
     benchmarks: list[BenchmarkSpec] = Field(min_length=1)
+    train_overrides: dict[str, Any] = Field(default_factory=dict)  # e.g. {steps: 150}: this domain's fine-tune
 
 
 class RangeSpec(_Strict):
@@ -252,6 +253,20 @@ class SweepConfig(_Strict):
 
     def pairs(self) -> list[tuple[ModelSpec, DomainSpec]]:
         return [(m, d) for m in self.models for d in self.domains]
+
+    def train_for(self, domain: DomainSpec) -> TrainConfig:
+        """The sweep's training settings with the domain's `train_overrides` applied."""
+        return TrainConfig.model_validate({**self.train.model_dump(), **domain.train_overrides})
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> SweepConfig:
+        for i, d in enumerate(self.domains):
+            try:
+                self.train_for(d)
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise ValueError(f"domains.{i}.train_overrides.{_field_path(err['loc'])}: {err['msg']}") from None
+        return self
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

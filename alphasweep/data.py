@@ -148,7 +148,8 @@ def pack(examples: list[Example], max_length: int) -> list[Example]:
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row; `labels[t]` is the next token, `loss_mask[t]` whether it is a target."""
+    """Right-pad to the longest row. `labels[t]` is the token after position t and `loss_mask[t]` whether
+    it is a target, so both align with the model's full logits (no copy of a shifted logits view)."""
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     target = torch.zeros((len(examples), width), dtype=torch.bool)
@@ -158,9 +159,8 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         ids[row, :n] = torch.tensor(e.input_ids)
         target[row, :n] = torch.tensor(e.loss_mask)
         attention[row, :n] = 1
-    return {
-        "input_ids": ids,
-        "attention_mask": attention,
-        "labels": ids[:, 1:],
-        "loss_mask": target[:, 1:],
-    }
+    labels = torch.full_like(ids, pad_id)
+    labels[:, :-1] = ids[:, 1:]
+    loss_mask = torch.zeros_like(target)
+    loss_mask[:, :-1] = target[:, 1:]
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels, "loss_mask": loss_mask}

@@ -48,8 +48,9 @@ except ImportError:
 
 ALPHA_RANGE = (-1.0, 16.0)
 MIN_ABS_ALPHA = 1e-8
-# Elements of [tokens x vocab] per chunk of the eager path (CPU; CUDA without Triton): few enough that a
-# float32 chunk (4 MiB) stays in cache and adds next to nothing to peak memory.
+# Elements of [tokens x vocab] per chunk of the eager path (CPU; CUDA without Triton): a float32 chunk
+# (4 MiB) stays in cache and adds next to nothing to peak memory; its few ops still take long enough that
+# per-op overhead does not count.
 CHUNK_ELEMENTS = 2**20
 
 
@@ -146,7 +147,7 @@ class Objective:
 
 
 def parse_objective(name: str) -> Objective:
-    """Objective from a paper name such as `original`, `p`, `GeneralFamily-0.5` or `OnlyTopP-0.1`."""
+    """Objective from a paper name such as `original`, `p`, `GeneralFamily-0.5` or `OnlyTopP-0.1` (any case)."""
     text = name.strip().lower()
     if text in _PLAIN_NAMES:
         return Objective(_PLAIN_NAMES[text])
@@ -212,31 +213,29 @@ def _triton_launch(logits: Tensor) -> dict[str, int] | None:
     return {"BLOCK": block, "num_warps": 8 if block >= 2048 else 4}
 
 
-def _rows_target_logp(logits: Tensor, rows: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:
-    """Float32 log softmax(logits[rows])[targets] of 2-D contiguous logits."""
+def _rows_target_logp(logits: Tensor, rows: Tensor, targets: Tensor, chunk_rows: int) -> tuple[Tensor, Tensor | None]:
+    """Float32 log softmax(logits[rows])[targets] of 2-D contiguous logits, and the rows' logsumexp where
+    the Triton kernel computes it (None on the eager path, whose backward recomputes the softmax whole)."""
     launch = _triton_launch(logits)
     if launch is not None:
         lse = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
         if rows.numel():
             _logsumexp_kernel[(rows.numel(),)](logits, logits.stride(0), rows, lse, logits.shape[1], **launch)
-        return logits[rows, targets].float() - lse
+        return logits[rows, targets].float() - lse, lse
     logp = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
     for i in range(0, rows.numel(), chunk_rows):
         idx, part = rows[i : i + chunk_rows], slice(i, i + chunk_rows)
         chunk = torch.log_softmax(logits[idx], -1, dtype=torch.float32)
         logp[part] = chunk.gather(1, targets[part, None]).squeeze(1)
-    return logp
+    return logp, None
 
 
-def _rows_scaled_softmax(
-    logits: Tensor, rows: Tensor, targets: Tensor, logp: Tensor, scale: Tensor, chunk_rows: int
-) -> Tensor:
+def _rows_scaled_softmax(logits: Tensor, rows: Tensor, lse: Tensor | None, scale: Tensor, chunk_rows: int) -> Tensor:
     """A tensor like logits holding scale * softmax in the given rows and 0 in the others."""
     grad = torch.empty_like(logits) if rows.numel() == logits.shape[0] else torch.zeros_like(logits)
     launch = _triton_launch(logits)
     if launch is not None:
         if rows.numel():
-            lse = logits[rows, targets].float() - logp
             args = (logits, grad, logits.stride(0), rows, lse, scale, logits.shape[1])
             _scaled_softmax_kernel[(rows.numel(),)](*args, **launch)
         return grad
@@ -251,7 +250,7 @@ class _TargetLogProb(torch.autograd.Function):
     """log softmax(logits)[label] for chosen rows of 2-D contiguous logits.
 
     Autograd through `log_softmax(...).gather(...)` would keep a float32 [rows x vocab] tensor alive from
-    forward to backward; this keeps only the log-probs and recomputes the softmax in backward, where
+    forward to backward; this keeps only per-row floats and recomputes the softmax in backward, where
     d log p / d logits = onehot - softmax. On CUDA, two Triton kernels each read the logits once (and
     backward writes the gradient once); elsewhere eager code goes through `chunk_rows` rows at a time.
     """
@@ -259,16 +258,16 @@ class _TargetLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, rows: Tensor, chunk_rows: int) -> Tensor:
         targets = labels[rows]
-        logp = _rows_target_logp(logits, rows, targets, chunk_rows)
-        ctx.save_for_backward(logits, rows, targets, logp)
+        logp, lse = _rows_target_logp(logits, rows, targets, chunk_rows)
+        ctx.save_for_backward(logits, rows, targets, logp, lse)
         ctx.chunk_rows = chunk_rows
         return logp
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp: Tensor) -> tuple[Tensor, None, None, None]:
-        logits, rows, targets, logp = ctx.saved_tensors
-        grad = _rows_scaled_softmax(logits, rows, targets, logp, (-grad_logp).contiguous(), ctx.chunk_rows)
+        logits, rows, targets, logp, lse = ctx.saved_tensors
+        grad = _rows_scaled_softmax(logits, rows, lse, (-grad_logp).contiguous(), ctx.chunk_rows)
         # g * (1 - p) at the targets, from log p: exact where p is close to 1.
         grad[rows, targets] = (-grad_logp * torch.expm1(logp)).to(grad.dtype)
         return grad, None, None, None

@@ -66,7 +66,7 @@ def probe_capability(model_path: str, data: DataSpec, *, max_length: int = 256, 
     logps = []
     for i in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], tokenizer.pad_token_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logps.append(target_log_prob(logits, batch["labels"], batch["loss_mask"]).cpu())
     logp = torch.cat(logps)
     if not logp.numel():

@@ -66,11 +66,12 @@ class Setting:
     hidden: int = 96
     layers: int = 3
     # SFT data
-    n_train: int = 2000  # per pair
-    n_test: int = 200  # held-out, clean, excluded from pretraining and SFT
+    n_train: int = 2000  # strong pair (addition) demonstrations
     noise_kind: str = "wrong"  # see NOISE
+    noise: float = 0.5  # share of noisy addition demonstrations
     weak_task: str = "cipher"  # synthetic's cipher, or a prototype in WEAK_TASKS
-    noise: float = 0.5  # share of noisy addition demonstrations (the cipher data stay clean)
+    n_train_weak: int = 2000  # weak pair demonstrations (clean)
+    n_test: int = 200  # per pair; held-out, clean, excluded from pretraining and SFT
     # SFT (one train config for both pairs, as a sweep config has one `train:` block)
     steps: int = 300
     batch_size: int = 32
@@ -84,17 +85,24 @@ class Setting:
         return (self.base_problems, self.base_steps, self.base_batch, self.base_lr, self.hidden, self.layers)
 
 
-# the prototype the issue reports on (+7.3, +6.4, +2.0 strong; +74, +95, +49 weak)
+# the issue's prototype recipe (a GPT there; +7.3, +6.4, +2.0 strong, +74, +95, +49 weak) on tinykit's Llama
 PROTOTYPE = Setting("prototype")
+# the screening grid, one knob at a time around the working point found by hand (see docs/continuum-setting.md)
+POINT = replace(PROTOTYPE, name="point", base_problems=9000, base_steps=1000, n_train=300, lr=1e-3,
+                weak_task="subst4")
 SCREEN = [
-    PROTOTYPE,
-    replace(PROTOTYPE, name="noise0.7", noise=0.7),
-    replace(PROTOTYPE, name="lr5e-3", lr=5e-3),
-    replace(PROTOTYPE, name="train500", n_train=500),
-    replace(PROTOTYPE, name="base900", base_steps=900),
+    POINT,
+    replace(POINT, name="noise0.3", noise=0.3),
+    replace(POINT, name="noise0.7", noise=0.7),
+    replace(POINT, name="train600", n_train=600),
+    replace(POINT, name="lr2e-3", lr=2e-3),
+    replace(POINT, name="lr5e-4", lr=5e-4),
+    replace(POINT, name="steps150", steps=150),
+    replace(POINT, name="base600", base_steps=600),
+    replace(POINT, name="base3000p", base_problems=3000),
 ]
-CHOSEN = replace(PROTOTYPE, name="chosen")
-SETTINGS = {s.name: s for s in [*SCREEN, CHOSEN]}
+CHOSEN = replace(POINT, name="chosen")
+SETTINGS = {s.name: s for s in [PROTOTYPE, *SCREEN, CHOSEN]}
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -154,7 +162,8 @@ def pair_data(setting: Setting, pair: str, seed: int) -> tuple[list[tuple[str, s
     """(train rows, clean test rows) of a pair, drawn as `synthetic.write_task_files` does."""
     task = "addition" if pair == "strong" else setting.weak_task
     test = problems(task, setting.n_test, seed=10_000 + seed)
-    train = problems(task, setting.n_train, seed=seed, exclude=[p for p, _ in test])
+    n_train = setting.n_train if pair == "strong" else setting.n_train_weak
+    train = problems(task, n_train, seed=seed, exclude=[p for p, _ in test])
     if pair == "strong" and setting.noise:
         train = NOISE[setting.noise_kind](train, setting.noise, seed)
     return train, test
@@ -229,7 +238,7 @@ def fine_tune(model, tok, rows, setting: Setting, objective: str, seed: int) -> 
             order, epoch = torch.randperm(len(examples), generator=g).tolist(), epoch + 1
         batch = collate([examples[i] for i in order[: setting.batch_size]], tok.pad_token_id)
         order = order[setting.batch_size :]
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = loss_of(logits, batch["labels"], batch["loss_mask"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -274,15 +283,18 @@ def accuracy(model, tok, test, max_new_tokens: int, batch_size: int = 256) -> fl
 def probe(model, tok, rows, sample: int = 256) -> float:
     """Mean target probability of the base on SFT completion tokens (as alphasweep.probe)."""
     batch = collate(encode(tok, rows[:sample], 64), tok.pad_token_id)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logp = torch.log_softmax(logits, -1).gather(-1, batch["labels"][..., None]).squeeze(-1)
     return float(logp[batch["loss_mask"]].exp().mean())
 
 
 # ------------------------------------------------------------------------------------------------- jobs
+_ONLY = {"strong": {"weak_task", "n_train_weak"}, "weak": {"n_train", "noise_kind", "noise"}}
+
+
 def _job_key(job: dict) -> str:
-    """What determines a result: every number of the setting (not its name), seed, pair, objective."""
-    setting = {k: v for k, v in job["setting"].items() if k != "name"}
+    """What determines a result: the setting's numbers that touch the pair (not its name), seed, objective."""
+    setting = {k: v for k, v in job["setting"].items() if k != "name" and k not in _ONLY[job["pair"]]}
     return json.dumps({"setting": setting, **{k: job[k] for k in ("seed", "pair", "objective")}}, sort_keys=True)
 
 
@@ -354,7 +366,7 @@ def report(results: list[dict], settings: list[Setting], seeds: list[int], objec
     fmt = lambda xs: f"{statistics.mean(xs):5.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:4.1f}"  # noqa: E731
     for s in settings:
         print(f"\n== {s.name}: base {s.base_problems} problems x {s.base_steps} steps; SFT n_train {s.n_train}, "
-              f"noise {s.noise_kind} {s.noise}, {s.steps} steps x {s.batch_size}, lr {s.lr:g}, warmup {s.warmup}; "
+              f"noise {s.noise_kind} {s.noise}; weak {s.weak_task} n_train {s.n_train_weak}; {s.steps} steps x {s.batch_size}, lr {s.lr:g}, warmup {s.warmup}; "
               f"n_test {s.n_test}")
         print(f"{'pair':<7}{'objective':<20}" + "".join(f"{'seed ' + str(x):>9}" for x in seeds) + f"{'mean ± std':>15}")
         verdict = {}

@@ -30,18 +30,16 @@ DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 NLL = parse_objective("original")
 
 
-def _naive(logits, labels, mask, chunk_elements):
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, labels[:, None]).squeeze(1)
+VARIANTS = ("cross_entropy", "objective_loss", "naive_fp32")
+
+
+def _loss(variant: str, logits, labels, mask, chunk_elements: int):
+    if variant == "cross_entropy":
+        return F.cross_entropy(logits, labels)
+    if variant == "objective_loss":
+        return objective_loss(logits, labels, mask, NLL, chunk_elements=chunk_elements)
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, labels[:, None]).squeeze(1)  # naive_fp32
     return -logp[mask].mean()
-
-
-VARIANTS = {
-    "cross_entropy": lambda logits, labels, mask, chunk_elements: F.cross_entropy(logits, labels),
-    "objective_loss": lambda logits, labels, mask, chunk_elements: objective_loss(
-        logits, labels, mask, NLL, chunk_elements=chunk_elements
-    ),
-    "naive_fp32": _naive,
-}
 
 
 def _memory_now(device: str) -> int:
@@ -62,11 +60,12 @@ def _sync(device: str) -> None:
 def worker(args: argparse.Namespace) -> dict:
     """One variant at one vocab size, in this process."""
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, vocab = args.device, args.vocab
     logits = torch.randn(args.tokens, vocab, device=device, dtype=DTYPES[args.dtype]).requires_grad_()
     labels = torch.randint(0, vocab, (args.tokens,), device=device)
     mask = torch.ones(args.tokens, dtype=torch.bool, device=device)
-    loss_fn = VARIANTS[args.variant]
     _sync(device)
     before = _memory_now(device)
     if device == "cuda":
@@ -74,7 +73,7 @@ def worker(args: argparse.Namespace) -> dict:
     times = []
     for _ in range(args.repeats + 1):  # the first step warms up
         start = time.perf_counter()
-        loss = loss_fn(logits, labels, mask, args.chunk_elements)
+        loss = _loss(args.variant, logits, labels, mask, args.chunk_elements)
         loss.backward()
         _sync(device)
         times.append(time.perf_counter() - start)
@@ -90,7 +89,8 @@ def main() -> None:
     parser.add_argument("--vocabs", type=int, nargs="+", default=[32768, 152064])
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up; the best counts")
     parser.add_argument("--chunk-elements", type=int, default=CHUNK_ELEMENTS, help="eager path only (no Triton)")
-    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # set in subprocesses
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 steadies a busy CPU")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set in subprocesses
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -98,8 +98,11 @@ def main() -> None:
         return
 
     common = [f"--device={args.device}", f"--dtype={args.dtype}", f"--tokens={args.tokens}"]
-    common += [f"--repeats={args.repeats}", f"--chunk-elements={args.chunk_elements}"]
-    print(f"device={args.device} dtype={args.dtype} tokens={args.tokens} chunk_elements={args.chunk_elements}")
+    common += [f"--repeats={args.repeats}", f"--chunk-elements={args.chunk_elements}", f"--threads={args.threads or 0}"]
+    print(
+        f"device={args.device} dtype={args.dtype} tokens={args.tokens} chunk_elements={args.chunk_elements}"
+        f" threads={args.threads or torch.get_num_threads()}"
+    )
     print(f"{'variant':<15} {'vocab':>7} {'ms':>9} {'peak MiB':>9} {'x CE time':>9} {'x naive mem':>11} {'loss':>8}")
     for vocab in args.vocabs:
         results = {}
@@ -109,13 +112,16 @@ def main() -> None:
             if done.returncode:
                 sys.exit(f"{variant} at vocab {vocab} failed:\n{done.stderr}")
             results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        ce, naive = results["cross_entropy"], results["naive_fp32"]
         for variant, r in results.items():
-            time_ratio = r["ms"] / results["cross_entropy"]["ms"]
-            mem_ratio = r["peak_mib"] / results["naive_fp32"]["peak_mib"]
+            time_ratio, mem_ratio = r["ms"] / ce["ms"], r["peak_mib"] / naive["peak_mib"]
             print(
                 f"{variant:<15} {vocab:>7} {r['ms']:>9.1f} {r['peak_mib']:>9.0f} {time_ratio:>9.2f} {mem_ratio:>11.2f}"
                 f" {r['loss']:>8.4f}"
             )
+        ours = results["objective_loss"]
+        met = ours["ms"] <= 1.10 * ce["ms"] and ours["peak_mib"] <= 0.5 * naive["peak_mib"]
+        print(f"vocab {vocab}: targets {'met' if met else 'MISSED'} (<= 1.10x CE time, <= 0.5x naive peak)")
 
 
 if __name__ == "__main__":

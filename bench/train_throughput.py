@@ -41,7 +41,7 @@ def plain_loop(model_path: str, data: DataSpec, tc: TrainConfig, objective: str,
         i = step * tc.batch_size % (len(rows) - tc.batch_size)
         batch = collate(rows[i : i + tc.batch_size], tok.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = objective_loss(logits[:, :-1], batch["labels"], batch["loss_mask"], obj)
+        loss = objective_loss(logits, batch["labels"], batch["loss_mask"], obj)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

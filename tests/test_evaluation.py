@@ -27,6 +27,18 @@ from alphasweep.tinykit import build_base
 CFG = dict(backend="hf", max_new_tokens=5, batch_size=32)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models are overhead-bound: one thread is as fast, and far faster when the CPUs are shared
+    (several torch threads per process on 2 busy cores slowed training here ~15x)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ray_mod():
     import ray
@@ -68,7 +80,8 @@ def test_finetuned_model_beats_untrained_twin_through_the_actor(ray_mod, finetun
     untrained = evaluate_with_timeout(actor, str(tiny_model), [addition_bench], 300)
     assert "error" not in trained and "error" not in untrained, (trained.get("error"), untrained.get("error"))
     assert trained["n"] == {"addition": 64} and untrained["n"] == {"addition": 64}
-    assert trained["scores"]["addition"] >= 0.4 and untrained["scores"]["addition"] <= 0.05, (trained["scores"], untrained["scores"])
+    scores = (trained["scores"]["addition"], untrained["scores"]["addition"])
+    assert scores[0] >= 0.4 and scores[1] <= 0.05, scores
     assert trained["mean_score"] == trained["scores"]["addition"]
     rec = trained["records"][0]
     assert set(rec) >= {"benchmark", "prompt", "completion", "extracted", "gold", "correct"}
@@ -129,15 +142,24 @@ def test_actor_survives_crashes(ray_mod, tmp_path, finetuned_model, tiny_model, 
     actor = _named(ray_mod, "test-eval-crash", max_restarts=3)
     assert "error" not in evaluate_with_timeout(actor, str(tiny_model), [addition_bench], 300)
     pid = ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-    # 1. The backend process dies while a request is in flight: that request gets an error result.
-    big = tmp_path / "big.jsonl"  # ~2000 prompts the untrained model answers with 5 tokens each: seconds
-    big.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in problems("addition", 2000, seed=3)))
+    # 1. The actor process dies while a request is in flight: that request gets an error result.
+    # The benchmark is a named pipe, so the test knows when `evaluate` is running: it is reading it.
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(evaluate_with_timeout(
-        actor, str(tiny_model), [{"name": "big", "path": str(big), "format": "exact"}], 300)))
+        actor, str(tiny_model), [{"name": "pipe", "path": str(fifo), "format": "exact"}], 300)))
     worker.start()
-    time.sleep(1.5)
+    deadline = time.monotonic() + 120
+    while True:  # opening the write end succeeds once the actor has opened the read end
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert time.monotonic() < deadline and worker.is_alive(), result
+            time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
+    os.close(fd)
     worker.join(60)
     assert "crashed" in result.get("error", ""), result
     # Ray restarts it; the next request waits for the restart and works, in a new process.
@@ -282,11 +304,18 @@ class LLM:
 '''
 
 
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_vllm_backend_runs_the_engine_in_a_child_process(tmp_path, monkeypatch, tiny_model, addition_bench):
     """The process plumbing of the vLLM backend, with a stub engine: prompts arrive as the same token ids
     hf would use, a new checkpoint stops the old engine process, close() stops the last one."""
-    import psutil
-
     (tmp_path / "stub" / "vllm").mkdir(parents=True)
     (tmp_path / "stub" / "vllm" / "__init__.py").write_text(_STUB_VLLM)
     monkeypatch.syspath_prepend(str(tmp_path / "stub"))  # spawned children get the parent's sys.path
@@ -297,10 +326,10 @@ def test_vllm_backend_runs_the_engine_in_a_child_process(tmp_path, monkeypatch, 
     first = ev.backend._proc.pid
     other = shutil.copytree(tiny_model, tmp_path / "other")
     ev.evaluate(str(other), [addition_bench], limit=4)
-    assert ev.backend._proc.pid != first and not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
     second = ev.backend._proc.pid
+    assert second != first and _gone(first)
     ev.close()
-    assert not psutil.pid_exists(second) or psutil.Process(second).status() == "zombie"
+    assert _gone(second)
     broken = shutil.copytree(tiny_model, tmp_path / "broken")
     (broken / "BROKEN").touch()
     with pytest.raises(RuntimeError, match="engine failed to start"):

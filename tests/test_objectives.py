@@ -75,6 +75,7 @@ def test_value_and_logit_gradient_match_closed_forms(name):
 
 
 def test_general_family_limits():
+    torch.manual_seed(0)
     logits = torch.randn(4, 9, 50)
     labels = torch.randint(0, 50, (4, 9))
     mask = torch.rand(4, 9) > 0.2
@@ -84,6 +85,17 @@ def test_general_family_limits():
     assert objective_loss(logits, labels, mask, parse_objective("GeneralFamily-1")).item() == pytest.approx(
         objective_loss(logits, labels, mask, parse_objective("p")).item(), rel=1e-6
     )
+
+
+def test_bf16_logits_give_float32_loss_and_bf16_gradient():
+    logits, labels = logits_with_target_p(PS)
+    for name in ("original", "GeneralFamily-2", "TopQuantileP-0.5"):
+        reference = objective_loss(logits, labels, torch.ones(len(PS)), parse_objective(name))
+        leaf = logits.bfloat16().requires_grad_()
+        loss = objective_loss(leaf, labels, torch.ones(len(PS)), parse_objective(name))
+        loss.backward()
+        assert loss.dtype == torch.float32 and leaf.grad.dtype == torch.bfloat16
+        assert loss.item() == pytest.approx(reference.item(), rel=2e-2)
 
 
 def test_fixed_cuts_select_tokens_and_partition():

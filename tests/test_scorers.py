@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def test_gold_answers_are_correct(name):
     assert len(golds) == rows  # every row
     for k, phrase in enumerate(PHRASINGS):
         wrong = [g for g in golds if not math_correct(phrase(g), g)]
-        assert len(wrong) <= 0.01 * len(golds), f"{name}, phrasing {k}: {len(wrong)} gold answers marked wrong: {wrong[:10]}"
+        assert len(wrong) <= 0.01 * len(golds), f"{name}, phrasing {k}: {len(wrong)} golds marked wrong: {wrong[:10]}"
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -145,6 +145,9 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
 def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model, addition_files, cipher_files):
     config = _config(tmp_path, tiny_model, addition_files, cipher_files, budget={"trials_per_pair": 3,
                                                                                  "max_concurrent": 1})
+    raw = yaml.safe_load(config.read_text())
+    raw["domains"] = raw["domains"][:1]  # one pair is enough to show resume; the e2e test runs two
+    config.write_text(yaml.safe_dump(raw))
     storage = f"sqlite:///{tmp_path}/out/optuna.db"
     driver = subprocess.Popen([sys.executable, "-m", "alphasweep.cli", "sweep", str(config)],
                               env={**os.environ, **_ray_env(ray_local)}, stdout=subprocess.DEVNULL,
@@ -154,7 +157,7 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
         time.sleep(1)
         try:
             trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials()
-        except (KeyError, Exception):
+        except Exception:  # the study does not exist yet
             continue
         if sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and any(t.state == TrialState.RUNNING for t in trials):
             break
@@ -169,20 +172,17 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
     assert "interrupted trial(s) marked failed" in proc.stdout
     runs = _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    for name in ("tiny/addition", "tiny/cipher"):
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials()
-        assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
-        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-        finished = [r for r in runs if r.data.tags.get("alphasweep.pair") == name and r.info.status == "FINISHED"
-                    and r.data.tags.get("alphasweep.kind") == "trial"]
-        numbers = [r.data.tags["optuna_trial"] for r in finished]
-        assert len(numbers) == len(set(numbers)) == 3
+    trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    finished = [r for r in runs if r.data.tags.get("alphasweep.kind") == "trial" and r.info.status == "FINISHED"]
+    numbers = [r.data.tags["optuna_trial"] for r in finished]
+    assert len(numbers) == len(set(numbers)) == 3
 
     proc = _cli("sweep", str(config), "--extend", "1", env=_ray_env(ray_local), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("tiny/addition", "tiny/cipher"):
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
-        assert len(trials) == 4
+    trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 4
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,15 @@ It keeps one model loaded, keyed by checkpoint path: evaluating several benchmar
 loads it once, and a new path replaces (and frees) the old model. Benchmark rows are cached.
 
 Resources: the actor asks for `eval.num_cpus` (default 0, so it never blocks training workers on CPU)
-and `eval.num_gpus`; with `num_gpus: 0`, a `vllm` backend, or `auto` on a cluster with GPUs, gets
-`tensor_parallel_size` GPUs.
+and `eval.num_gpus`. When `num_gpus` is 0 (the default) it still gets `tensor_parallel_size` GPUs if
+the backend is `vllm`, or `auto` on a cluster that has GPUs; `backend: hf` with `num_gpus: 0` is CPU.
 
 Failures: `evaluate_with_timeout` turns a crash of the actor (RayActorError), a timeout, or an error
 raised by `evaluate` into `{"error": ...}`. A crashed actor is restarted by Ray (`max_restarts`); a
 timed-out one is killed with `ray.kill(actor, no_restart=False)`, which restarts it. Either way the
-next request works. Note that the timeout counts from submission, so it includes time spent queued
-behind other trials' evaluations: size `eval.timeout_s` for `budget.max_concurrent` evaluations.
+next request works (it first waits, within its own deadline, for a restarting actor to answer).
+The timeout counts from the call, so it includes time spent queued behind other trials' evaluations:
+size `eval.timeout_s` for `budget.max_concurrent` evaluations in a row.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def resolve_backend(name: str) -> str:
     """`auto` is vLLM when it is importable and CUDA is available, else transformers (`hf`)."""
     if name in ("hf", "vllm"):
         if name == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError("eval backend 'vllm' asked for, but vllm is not installed (pip install 'alphasweep[vllm]')")
+            raise ValueError("eval backend 'vllm' asked for, but vllm is not installed "
+                             "(pip install 'alphasweep[vllm]')")
         return name
     if name != "auto":
         raise ValueError(f"unknown eval backend {name!r}; expected auto, vllm or hf")

@@ -221,6 +221,8 @@ def benchmark_from_string(text: str) -> BenchmarkSpec:
     if not name:
         raise ValueError(f"benchmark {text!r}: expected NAME, NAME=PATH or PATH")
     p = Path(path).expanduser()
+    if (path.startswith((".", "/", "~")) or p.suffix in _LOCAL_SUFFIXES) and not p.exists():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
     fmt = None
     if name not in BUILTIN_BENCHMARKS and p.is_file():
         fmt = _infer_format(p)
@@ -273,7 +275,7 @@ def load_rows(path: str, *, split: str = "test", subset: str | None = None) -> l
                 return _read_local(local / f"{split}{suffix}")
         raise FileNotFoundError(f"benchmark folder {local} holds no {split}.jsonl, {split}.json or {split}.parquet")
     if local.suffix in _LOCAL_SUFFIXES or path.startswith((".", "/", "~")):
-        if not local.is_file():
+        if not local.exists() or local.is_dir():  # a file, or a named pipe / process substitution
             raise FileNotFoundError(f"benchmark file not found: {path}")
         return _read_local(local)
     import datasets  # a hub id: the real code path, needs the network or a warm HF cache

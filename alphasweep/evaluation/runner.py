@@ -57,7 +57,10 @@ def format_table(result: dict[str, Any]) -> str:
     rows.append(["mean", str(sum(result["n"].values())), f"{result['mean_score']:.4f}"]
                 + ([f"{sum(result['pass_at_k'].values()) / len(names):.4f}"] if k > 1 else []))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1])]) + (
         f"\n{result.get('backend', '')} backend, {result['seconds']:.1f}s")

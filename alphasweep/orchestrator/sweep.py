@@ -71,13 +71,13 @@ def finished_trials(storage, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def _probe(job: PairJob, cfg: SweepConfig):
+def _probe(job: PairJob):
     import ray
 
     from alphasweep.probe import probe_capability
 
-    remote = ray.remote(num_cpus=1, num_gpus=min(cfg.train.gpus_per_worker, 1))(probe_capability)
-    return ray.get(remote.remote(job.model_path, job.data, max_length=cfg.train.max_length, seed=cfg.train.seed))
+    remote = ray.remote(num_cpus=1, num_gpus=min(job.train.gpus_per_worker, 1))(probe_capability)
+    return ray.get(remote.remote(job.model_path, job.data, max_length=job.train.max_length, seed=job.train.seed))
 
 
 def run_pair(cfg: SweepConfig, job: PairJob, storage, client, exp_id: str, budget: int, log) -> dict:
@@ -91,7 +91,7 @@ def run_pair(cfg: SweepConfig, job: PairJob, storage, client, exp_id: str, budge
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     if "probe" not in study.user_attrs:
         log(f"[{name}] probing the base model on {job.data.path}")
-        result = _probe(job, cfg)
+        result = _probe(job)
         study.set_user_attr("probe", {**result.metrics(), "continuum": result.continuum,
                                       "suggestions": result.suggestions})
         for k, v in result.metrics().items():
@@ -130,10 +130,10 @@ def _search(cfg, job, storage, client, exp_id, parent, name, study, probe, remai
         sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials), multivariate=True, group=True,
                                            n_startup_trials=4),
         study_name=name, storage=storage,
-        constants={"train_learning_rate": cfg.train.learning_rate},
+        constants={"train_learning_rate": job.train.learning_rate},
     )
     if cfg.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr="step", metric=SIGNAL_METRIC, mode="min", max_t=cfg.train.steps,
+        scheduler = ASHAScheduler(time_attr="step", metric=SIGNAL_METRIC, mode="min", max_t=job.train.steps,
                                   grace_period=cfg.scheduler.grace_steps, reduction_factor=cfg.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
@@ -234,7 +234,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     summaries = []
     for model, domain in cfg.pairs():
         job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
-                      benchmarks=domain.benchmarks, train=cfg.train, eval=cfg.eval,
+                      benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
                       storage_path=cfg.checkpoint_root())
         done = len(finished_trials(storage, study_name(model.name, domain.name)))
         budget = max(cfg.budget.trials_per_pair, done + extend) if extend else cfg.budget.trials_per_pair

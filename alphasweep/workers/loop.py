@@ -55,7 +55,7 @@ def _forward_loss(model, batch, objective, device, autocast):
     batch = {k: v.to(device) for k, v in batch.items()}
     with autocast:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return objective_loss_with_stats(logits[:, :-1], batch["labels"], batch["loss_mask"], objective)
+    return objective_loss_with_stats(logits, batch["labels"], batch["loss_mask"], objective)
 
 
 @torch.no_grad()
