@@ -858,11 +858,11 @@ def test_dockerignore_is_an_allowlist():
 
 # =================================================================================================== docs
 def test_docs_use_the_names_the_manifests_define():
-    doc = (ROOT / "docs" / "kubernetes.md").read_text()
+    doc = (ROOT / "README.md").read_text()
     cluster = ray_cluster()["metadata"]["name"]
     services = {d["metadata"]["name"] for d in rendered() if d["kind"] == "Service"} | {f"{cluster}-head-svc"}
     for svc in re.findall(r"svc/([a-z0-9-]+)", doc):
-        assert svc in services, f"docs/kubernetes.md forwards to svc/{svc}, which the manifests do not create"
+        assert svc in services, f"README.md forwards to svc/{svc}, which the manifests do not create"
     assert f"svc/{cluster}-head-svc 8265:8265" in doc and "svc/mlflow 5000:5000" in doc
     assert "--version 1.7.0" in doc, "the KubeRay chart is pinned"
     assert "kubectl apply -k k8s/" in doc
