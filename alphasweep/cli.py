@@ -224,7 +224,10 @@ def submit(config_path, address, follow, status_of, stop_job, ship_project, over
     try:
         if status_of:
             state, message = jobs.status(address, status_of)
-            click.echo(f"{status_of}: {state}" + (f" ({message})" if message else ""))
+            lines = message.splitlines()
+            cause = next((l for l in reversed(lines) if l.startswith("error:")), "")  # the sweep's own error line
+            brief = " | ".join(dict.fromkeys(l for l in (lines[:1] + [cause]) if l))
+            click.echo(f"{status_of}: {state}" + (f" ({brief})" if brief else ""))
             sys.exit(0 if state in ("SUCCEEDED", "RUNNING", "PENDING") else 1)
         if stop_job:
             click.echo(f"{stop_job}: {'stopping' if jobs.stop(address, stop_job) else 'already finished'}")

@@ -100,6 +100,10 @@ SCREEN = [
     replace(POINT, name="steps150", steps=150),
     replace(POINT, name="base600", base_steps=600),
     replace(POINT, name="base3000p", base_problems=3000),
+    # round 2: knobs that might keep `p` away from its collapse (seen at lr 2e-3, noise 0.7, 600 rows)
+    replace(POINT, name="warmup30", warmup=30),
+    replace(POINT, name="lr7e-4", lr=7e-4),
+    replace(POINT, name="base1500", base_steps=1500),
 ]
 CHOSEN = replace(POINT, name="chosen")
 SETTINGS = {s.name: s for s in [PROTOTYPE, *SCREEN, CHOSEN]}

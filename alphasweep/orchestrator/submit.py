@@ -45,8 +45,9 @@ def _jobs_api(address: str, job_id: str | None = None):
         if "Authentication failed" in text or "invalid" in text.lower():
             raise SubmitError(f"the Ray cluster at {address} rejected this client's token: check RAY_AUTH_TOKEN "
                               "(or RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) against the cluster's token") from None
-        raise SubmitError(f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token "
-                          "and the cluster's token in RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)") from None
+        raise SubmitError(f"the Ray cluster at {address} requires token authentication and this client sent no "
+                          "token: set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN "
+                          "(or RAY_AUTH_TOKEN_PATH)") from None
     except OSError as e:  # ConnectionError, and requests' exceptions (connection refused, timeouts)
         raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {_first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 — HTTP errors of the Jobs API arrive as RuntimeError
