@@ -297,14 +297,22 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """Apply a `section.key=value` override to a raw config dict."""
+    """Apply a `section.key=value` override to a raw config dict; list items by index (`domains.0.train`)."""
     *parents, last = dotted.split(".")
-    node = raw
+    node: Any = raw
     for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: {key} is not a section")
-    node[last] = value
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict):
+            node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"override {dotted}: cannot descend into {key!r}")
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"override {dotted}: cannot set {last!r}")
 
 
 def parse_config(raw: Any, source: str = "<config>", overrides: list[str] = ()) -> SweepConfig:

@@ -6,7 +6,9 @@ This study reproduces both ends with a tiny Llama from `alphasweep.tinykit`:
 
 - strong pair: a base pretrained on `addition`, fine-tuned on addition demonstrations of which a share is
   noisy, scored by greedy exact match on clean held-out problems;
-- weak pair: the same base fine-tuned on the clean `cipher` task it has never seen.
+- weak pair: the same base fine-tuned on a clean digit-substitution task it has never seen (`subst4`, a
+  4-digit variant of synthetic's `cipher`: the tinykit Llama cannot learn the reversed 3-5 digit cipher in
+  300 steps at a learning rate the strong pair tolerates).
 
 For each setting and seed it builds the base (cached), probes it (mean target probability of the SFT
 completion tokens), fine-tunes it with each objective (the SFT loop of `alphasweep.workers.loop`, without
@@ -18,12 +20,13 @@ tokens only) and prints accuracy mean +- std over seeds, the per-seed gaps, and 
 
 Seed s sets the base's pretraining seed, the test and SFT problems, the noise draws and the SFT data order.
 
-    .venv/bin/python bench/continuum_setting.py                      # the chosen setting, 5 objectives, 3 seeds
+    .venv/bin/python bench/continuum_setting.py                      # single-lr and chosen, 5 objectives, 3 seeds
     .venv/bin/python bench/continuum_setting.py --grid screen        # the screening grid (NLL and p only)
     .venv/bin/python bench/continuum_setting.py --list               # names of the settings
 
-Two worker processes with one thread each; results are cached in --work (a JSONL line per fine-tune), so
-an interrupted run resumes and a second call only prints.
+Two worker processes with one thread each; results are cached in --work (a JSONL line per fine-tune, keyed
+by the numbers that touch the pair), so an interrupted run resumes and a second call only prints. A fresh
+default run: 3 bases (~70 s each) and 45 fine-tunes (~5.5 s each), about 4 minutes on two idle cores.
 """
 
 from __future__ import annotations
@@ -72,10 +75,11 @@ class Setting:
     weak_task: str = "cipher"  # synthetic's cipher, or a prototype in WEAK_TASKS
     n_train_weak: int = 2000  # weak pair demonstrations (clean)
     n_test: int = 200  # per pair; held-out, clean, excluded from pretraining and SFT
-    # SFT (one train config for both pairs, as a sweep config has one `train:` block)
+    # SFT (a sweep config's `train:` block; lr_weak stands for a domain's `train_overrides`)
     steps: int = 300
     batch_size: int = 32
     lr: float = 3e-3
+    lr_weak: float | None = None  # None: `lr` for both pairs; else the weak pair's own (a per-domain lr)
     warmup: int = 10
     min_lr_ratio: float = 0.1
     max_length: int = 32
@@ -87,7 +91,7 @@ class Setting:
 
 # the issue's prototype recipe (a GPT there; +7.3, +6.4, +2.0 strong, +74, +95, +49 weak) on tinykit's Llama
 PROTOTYPE = Setting("prototype")
-# the screening grid, one knob at a time around the working point found by hand (see docs/continuum-setting.md)
+# the working point found by hand (docs/continuum-setting.md), then screened one knob at a time
 POINT = replace(PROTOTYPE, name="point", base_problems=9000, base_steps=1000, n_train=300, lr=1e-3,
                 weak_task="subst4")
 SCREEN = [
@@ -96,7 +100,6 @@ SCREEN = [
     replace(POINT, name="noise0.7", noise=0.7),
     replace(POINT, name="train600", n_train=600),
     replace(POINT, name="lr2e-3", lr=2e-3),
-    replace(POINT, name="lr5e-4", lr=5e-4),
     replace(POINT, name="steps150", steps=150),
     replace(POINT, name="base600", base_steps=600),
     replace(POINT, name="base3000p", base_problems=3000),
@@ -105,8 +108,12 @@ SCREEN = [
     replace(POINT, name="lr7e-4", lr=7e-4),
     replace(POINT, name="base1500", base_steps=1500),
 ]
-CHOSEN = replace(POINT, name="chosen")
-SETTINGS = {s.name: s for s in [PROTOTYPE, *SCREEN, CHOSEN]}
+# one lr for both pairs: passes, but GeneralFamily-4 and the top cut collapse on the strong pair
+SINGLE_LR = replace(POINT, name="single-lr")
+# the pick: lr 3e-4 on the strong pair keeps every prior-leaning objective in its basin, the weak pair
+# keeps 1e-3 (it learns nothing at <= 5e-4); in a sweep config: the strong domain's train_overrides
+CHOSEN = replace(POINT, name="chosen", lr=3e-4, lr_weak=1e-3)
+SETTINGS = {s.name: s for s in [PROTOTYPE, *SCREEN, SINGLE_LR, CHOSEN]}
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -191,14 +198,16 @@ def encode(tok, rows, max_length: int) -> list[tuple[list[int], list[bool]]]:
 
 
 def collate(examples, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; labels and loss mask shifted by one (as alphasweep.data.collate)."""
+    """Right-padded batch; `labels[t]` is the token after t, aligned with the full logits (as alphasweep.data)."""
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.bool)
     attention = torch.zeros((len(examples), width), dtype=torch.long)
     for row, (x, m) in enumerate(examples):
         ids[row, : len(x)], mask[row, : len(x)], attention[row, : len(x)] = torch.tensor(x), torch.tensor(m), 1
-    return {"input_ids": ids, "attention_mask": attention, "labels": ids[:, 1:], "loss_mask": mask[:, 1:]}
+    labels, loss_mask = torch.full_like(ids, pad_id), torch.zeros_like(mask)
+    labels[:, :-1], loss_mask[:, :-1] = ids[:, 1:], mask[:, 1:]
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels, "loss_mask": loss_mask}
 
 
 # ------------------------------------------------------------------------------------------- objectives
@@ -220,11 +229,12 @@ def loss_fn(name: str):
 
 
 # -------------------------------------------------------------------------------------- train and eval
-def fine_tune(model, tok, rows, setting: Setting, objective: str, seed: int) -> None:
+def fine_tune(model, tok, rows, setting: Setting, objective: str, seed: int, lr: float | None = None) -> None:
     torch.manual_seed(seed)
+    lr = lr or setting.lr
     loss_of = loss_fn(objective)
     examples = encode(tok, rows, setting.max_length)
-    opt = torch.optim.AdamW(model.parameters(), lr=setting.lr, weight_decay=0.0, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
 
     def factor(step: int) -> float:  # alphasweep.workers.loop.cosine_with_warmup
         if step < setting.warmup:
@@ -243,6 +253,7 @@ def fine_tune(model, tok, rows, setting: Setting, objective: str, seed: int) -> 
         batch = collate([examples[i] for i in order[: setting.batch_size]], tok.pad_token_id)
         order = order[setting.batch_size :]
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert logits.shape[:2] == batch["labels"].shape, "labels must align with the full logits"
         loss = loss_of(logits, batch["labels"], batch["loss_mask"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -293,12 +304,17 @@ def probe(model, tok, rows, sample: int = 256) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- jobs
-_ONLY = {"strong": {"weak_task", "n_train_weak"}, "weak": {"n_train", "noise_kind", "noise"}}
+_ONLY = {"strong": {"weak_task", "n_train_weak", "lr_weak"}, "weak": {"n_train", "noise_kind", "noise", "lr_weak"}}
+
+
+def pair_lr(setting: Setting, pair: str) -> float:
+    return setting.lr_weak if pair == "weak" and setting.lr_weak else setting.lr
 
 
 def _job_key(job: dict) -> str:
     """What determines a result: the setting's numbers that touch the pair (not its name), seed, objective."""
     setting = {k: v for k, v in job["setting"].items() if k != "name" and k not in _ONLY[job["pair"]]}
+    setting["lr"] = pair_lr(Setting(**job["setting"]), job["pair"])
     return json.dumps({"setting": setting, **{k: job[k] for k in ("seed", "pair", "objective")}}, sort_keys=True)
 
 
@@ -317,7 +333,7 @@ def run_job(job: dict) -> dict:
     if objective is None:
         result["probe_mean_p"] = probe(model, tok, train)
     else:
-        fine_tune(model, tok, train, setting, objective, seed)
+        fine_tune(model, tok, train, setting, objective, seed, lr=pair_lr(setting, pair))
     t1 = time.perf_counter()
     result["train_s"] = round(t1 - t0, 2) if objective else 0.0
     result["accuracy"] = accuracy(model, tok, test, setting.max_new_tokens)
@@ -369,10 +385,12 @@ def report(results: list[dict], settings: list[Setting], seeds: list[int], objec
     acc = {(r["setting"]["name"], r["seed"], r["pair"], r["objective"]): r for r in results}
     fmt = lambda xs: f"{statistics.mean(xs):5.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:4.1f}"  # noqa: E731
     for s in settings:
-        print(f"\n== {s.name}: base {s.base_problems} problems x {s.base_steps} steps; SFT n_train {s.n_train}, "
-              f"noise {s.noise_kind} {s.noise}; weak {s.weak_task} n_train {s.n_train_weak}; {s.steps} steps x {s.batch_size}, lr {s.lr:g}, warmup {s.warmup}; "
-              f"n_test {s.n_test}")
-        print(f"{'pair':<7}{'objective':<20}" + "".join(f"{'seed ' + str(x):>9}" for x in seeds) + f"{'mean ± std':>15}")
+        weak_lr = f" (weak {s.lr_weak:g})" if s.lr_weak else ""
+        print(f"\n== {s.name}: base {s.base_problems} problems x {s.base_steps} steps; strong n_train {s.n_train}, "
+              f"noise {s.noise_kind} {s.noise}; weak {s.weak_task} n_train {s.n_train_weak}; "
+              f"SFT {s.steps} steps x {s.batch_size}, lr {s.lr:g}{weak_lr}, warmup {s.warmup}; n_test {s.n_test}")
+        seed_heads = "".join(f"{'seed ' + str(x):>9}" for x in seeds)
+        print(f"{'pair':<7}{'objective':<20}{seed_heads}{'mean ± std':>15}")
         verdict = {}
         for pair in ("strong", "weak"):
             probe_p = [acc[(s.name, x, pair, None)]["probe_mean_p"] for x in seeds]
@@ -411,7 +429,8 @@ def main() -> None:
         for s in SETTINGS.values():
             print(s)
         return
-    settings = [SETTINGS[n] for n in args.settings] if args.settings else SCREEN if args.grid == "screen" else [CHOSEN]
+    default = SCREEN if args.grid == "screen" else [SINGLE_LR, CHOSEN]
+    settings = [SETTINGS[n] for n in args.settings] if args.settings else default
     objectives = args.objectives or (SCREEN_OBJECTIVES if args.grid == "screen" else OBJECTIVES)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

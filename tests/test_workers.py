@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alphasweep.config import DataSpec, TrainConfig
+from alphasweep.tinykit import build_base
 from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
 
@@ -28,8 +29,14 @@ def _fit(tmp_path, model, data, objective="GeneralFamily-8", **train):
     return trainer.fit()
 
 
-def test_ddp_training_lowers_loss_and_checkpoint_generates(ray_local, tmp_path, addition_model, addition_files):
-    result = _fit(tmp_path, addition_model, addition_files[0])
+@pytest.fixture(scope="module")
+def half_trained_model(kit_dir):
+    """Pretrained briefly on addition (mean p ~0.4): GeneralFamily-8's weight p^8 is neither ~0 nor ~1."""
+    return build_base(kit_dir, pretrain_tasks={"addition": 3000}, steps=300)
+
+
+def test_ddp_training_lowers_loss_and_checkpoint_generates(ray_local, tmp_path, half_trained_model, addition_files):
+    result = _fit(tmp_path, half_trained_model, addition_files[0])
     history = result.return_value
     assert [h["step"] for h in history][-1] == 24
     assert history[-1]["loss"] < history[0]["loss"]
