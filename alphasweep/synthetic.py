@@ -1,6 +1,6 @@
 """Synthetic tasks for tests and the embedded demo: problems a tiny model can learn in seconds.
 
-`addition` is the domain the demo's base model is pretrained on (model-strong); `cipher` is a digit
+`addition` is the domain the demo's base model is pretrained on (model-strong); `cipher` is a 4-digit
 substitution the base model has never seen (model-weak). Benchmark rows are drawn first and excluded
 from every training set, so scores are on held-out problems.
 """
@@ -12,7 +12,8 @@ import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# A fixed digit permutation: the cipher maps each digit, then reverses the string.
+# A fixed digit permutation: the cipher maps each of 4 digits (reversing too made it unlearnable in a
+# demo-sized fine-tune; see docs/continuum-setting.md).
 _CIPHER = str.maketrans("0123456789", "7305918264")
 
 
@@ -22,8 +23,8 @@ def _addition(rng: random.Random) -> tuple[str, str]:
 
 
 def _cipher(rng: random.Random) -> tuple[str, str]:
-    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 5)))
-    return f"#{digits}>", digits.translate(_CIPHER)[::-1]
+    digits = "".join(rng.choice("0123456789") for _ in range(4))
+    return f"#{digits}>", digits.translate(_CIPHER)
 
 
 TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {"addition": _addition, "cipher": _cipher}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -32,7 +33,7 @@ _EXTRA_TEXT = (
     "The quick brown fox jumps over the lazy dog. Question: what is the answer? "
     "So the answer is $\\boxed{42}$. #### 7 (A) (B) (C) (D) (E) user assistant system"
 )
-_KIT_VERSION = 2  # bump when the recipe below changes, to invalidate cached bases
+_KIT_VERSION = 3  # bump when the recipe below changes, to invalidate cached bases
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 384) -> PreTrainedTokenizerFast:
@@ -138,10 +139,14 @@ def build_base(
         lines = [p + a for task, n in pretrain_tasks.items()
                  for p, a in problems(task, n, seed=seed, exclude=(exclude or {}).get(task, []))]
         _pretrain(model, tokenizer, lines, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "recipe.json").write_text(json.dumps({**recipe, "seconds": round(time.time() - started, 1)}, indent=2))
-    tmp.rename(path)  # atomic: a half-built base is never reused
+    try:
+        tmp.rename(path)  # atomic: a half-built base is never reused
+    except OSError:  # another process finished the same base first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / "recipe.json").exists():
+            raise
     return path

@@ -34,8 +34,14 @@ class SearchSpace:
             trial.suggest_float("learning_rate", lr.low, lr.high, log=lr.log)
 
 
+def _short(x: float | None) -> float | None:
+    """3 significant digits: readable objective names, and no difference a fine-tune could tell."""
+    return None if x is None else float(f"{x:.3g}")
+
+
 def objective_of(config: dict) -> Objective:
-    return objective_from_params(config["family"], alpha=config.get("alpha"), threshold=config.get("threshold"))
+    return objective_from_params(config["family"], alpha=_short(config.get("alpha")),
+                                 threshold=_short(config.get("threshold")))
 
 
 def point_of(name: str, search: SearchSpec, learning_rate: float | None = None) -> dict:

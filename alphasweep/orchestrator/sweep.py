@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 
 import optuna
 import yaml
@@ -127,8 +128,9 @@ def _search(cfg, job, storage, client, exp_id, parent, name, study, probe, remai
             seen.add(obj_name)
     searcher = PairSearch(
         SearchSpace(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points[:remaining] or None,
-        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials), multivariate=True, group=True,
-                                           n_startup_trials=4),
+        # a seed per pair and per resume, so pairs and continued sweeps draw different proposals
+        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials) + zlib.crc32(name.encode()),
+                                           multivariate=True, group=True, n_startup_trials=4),
         study_name=name, storage=storage,
         constants={"train_learning_rate": job.train.learning_rate},
     )
