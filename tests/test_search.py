@@ -52,7 +52,7 @@ def test_trials_stopped_early_reach_optuna_as_pruned_not_complete(tmp_path):
     first = searcher.suggest("t1")
     assert first["family"] == "p" and first["optuna_trial"] == 0 and first["train_learning_rate"] == 1e-3
     second = searcher.suggest("t2")
-    assert second["optuna_trial"] == 1
+    assert objective_of(second).name != "p"  # a repeat of the running `p` would have been redrawn
 
     # training reports carry the intermediate signal, never the search metric: no KeyError
     for step, nll in ((4, 2.0), (8, 1.5)):
@@ -65,8 +65,8 @@ def test_trials_stopped_early_reach_optuna_as_pruned_not_complete(tmp_path):
     study = optuna.load_study(study_name="m/d", storage=storage)
     by_number = {t.number: t for t in study.trials}
     assert by_number[0].state == TrialState.COMPLETE and by_number[0].value == 0.75
-    assert by_number[1].state == TrialState.PRUNED and by_number[1].value is None
-    assert by_number[1].intermediate_values == {}
+    pruned = by_number[second["optuna_trial"]]
+    assert pruned.state == TrialState.PRUNED and pruned.value is None and pruned.intermediate_values == {}
     summary = pair_summary(study, "m", "d")
     assert summary["trials"] == 1 and summary["stopped_early"] == 1 and summary["best_objective"] == "p"
 
@@ -81,3 +81,20 @@ def test_trials_left_running_by_a_dead_driver_are_marked_failed(tmp_path):
     states = [t.state for t in optuna.load_study(study_name="m/d", storage=storage).trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
     assert fail_stale_trials(storage, "no/such-study") == 0
+
+
+def test_a_proposal_that_repeats_an_objective_is_redrawn(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
+    searcher = PairSearch(SearchSpace(SearchSpec(families=["nll", "p", "general"])), metric="score", mode="max",
+                          points_to_evaluate=[{"family": "nll"}, {"family": "p"}], study_name="m/d",
+                          storage=storage, sampler=optuna.samplers.RandomSampler(seed=0), constants={})
+    names = []
+    for i in range(6):
+        config = searcher.suggest(f"t{i}")
+        names.append(objective_of(config).name)
+        searcher.on_trial_complete(f"t{i}", {"score": 0.1 * i})
+    assert len(set(names)) == 6, names  # nll and p ran once each; later draws are new alphas
+    study = optuna.load_study(study_name="m/d", storage=storage)
+    skipped = [t for t in study.trials if "skipped" in t.user_attrs]
+    assert skipped and all(t.state == TrialState.FAIL for t in skipped)
+    assert pair_summary(study, "m", "d")["failed"] == 0

@@ -26,6 +26,8 @@ from alphasweep.orchestrator.trial import PairJob, run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SEARCH_METRIC, SIGNAL_METRIC = "score", "heldout_nll"
+SKIPPED = "skipped"  # user attr of a proposal that repeated an earlier objective and never ran
+MAX_REDRAWS = 20
 
 
 class PairSearch(OptunaSearch):
@@ -40,10 +42,24 @@ class PairSearch(OptunaSearch):
         self._constants = constants
 
     def suggest(self, trial_id: str):
-        config = super().suggest(trial_id)
+        """A proposal that repeats an objective already run (TPE often redraws `p` or `original`, which have
+        no parameters) is recorded as a skipped FAIL and redrawn: a rerun would only repeat a known score."""
+        for _ in range(MAX_REDRAWS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict) or not self._repeats(config, self._ot_trials[trial_id].number):
+                break
+            repeat = self._ot_trials.pop(trial_id)
+            repeat.set_user_attr(SKIPPED, f"repeats {_point_name(config)}")
+            self._ot_study.tell(repeat, state=TrialState.FAIL)
         if isinstance(config, dict):
             config.update(self._constants, optuna_trial=self._ot_trials[trial_id].number)
         return config
+
+    def _repeats(self, config: dict, number: int) -> bool:
+        key = (_point_name(config), config.get("learning_rate"))
+        return any((_objective_name(t), t.params.get("learning_rate")) == key
+                   for t in self._ot_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+                   if t.number != number)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Training reports carry no `score`; the searcher only learns from finished trials."""
@@ -209,7 +225,7 @@ def pair_summary(study: optuna.Study, model: str, domain: str) -> dict:
         "scores": scores,
         "trials": len(complete),
         "stopped_early": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
-        "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+        "failed": sum(SKIPPED not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
     }
 
 
