@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import tempfile
 import time
@@ -98,7 +97,8 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(tc.seed)
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    if tc.workers:  # as many torch threads as CPUs the worker holds; local mode keeps the caller's setting
+        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as resume_dir:
