@@ -14,8 +14,7 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 def test_demo_reproduces_the_continuum_direction(ray_local, tmp_path):
     reduced = ["--set", f"output_dir={tmp_path}/out", "--set", "budget.trials_per_pair=2",
-               "--set", "search.probe_warm_start=false",
-               "--set", "demo.tasks.addition.n_test=100", "--set", "demo.tasks.cipher.n_test=100"]
+               "--set", "search.probe_warm_start=false"]
     env = {**os.environ, "ALPHASWEEP_CACHE": str(tmp_path / "cache"),
            "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, "-m", "alphasweep.cli", "sweep", *reduced], env=env,
