@@ -243,7 +243,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     for domain in cfg.domains:  # fail on missing data before any trial starts
         load_rows(domain.train)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
-    client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name)
+    client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
     evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it
     done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
     if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):

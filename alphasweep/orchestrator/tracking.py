@@ -36,12 +36,19 @@ def check_reachable(uri: str) -> None:
         raise ConfigError(f"tracking server {uri} is unreachable: {getattr(e, 'reason', e)}") from None
 
 
-def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
-    """Create the schema and the experiment from the driver first (concurrent first use races)."""
+def open_experiment(uri: str, name: str, local_artifacts: Path) -> tuple[MlflowClient, str]:
+    """Create the schema and the experiment from the driver first (concurrent first use races).
+
+    With a local sqlite store, artifacts go to `local_artifacts` (MLflow's default is ./mlruns in the
+    current directory); a tracking server decides for itself.
+    """
     check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
-    return client, exp.experiment_id if exp else client.create_experiment(name)
+    if exp:
+        return client, exp.experiment_id
+    location = local_artifacts.as_uri() if uri.startswith("sqlite:") else None
+    return client, client.create_experiment(name, artifact_location=location)
 
 
 def _pair_runs(client: MlflowClient, exp_id: str, pair: str, extra: str = "") -> list:
