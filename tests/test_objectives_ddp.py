@@ -5,8 +5,6 @@ average is the mean over shards of each shard's loss gradient, not the gradient 
 """
 
 import copy
-import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -34,9 +32,9 @@ def _shard(rank, *tensors):
     return [t[rank * size : (rank + 1) * size] for t in tensors]
 
 
-def _worker(rank, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank, rendezvous):
+    # A file rendezvous: no TCP store owned by rank 0 that could go away while rank 1 still tears down.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 16), torch.nn.Tanh(), torch.nn.Linear(16, VOCAB))
@@ -58,14 +56,9 @@ def _worker(rank, port):
         for got, want in zip(model.parameters(), reference.parameters(), strict=True):
             assert want.grad.abs().max() > 1e-3, name
             torch.testing.assert_close(got.grad, want.grad, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+    dist.barrier()  # neither rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_gradient_is_mean_of_shard_gradients():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+def test_ddp_gradient_is_mean_of_shard_gradients(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)
