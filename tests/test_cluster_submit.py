@@ -17,25 +17,22 @@ environment (MLFLOW_TRACKING_URI, ALPHASWEEP_OPTUNA_STORAGE, ALPHASWEEP_STORAGE_
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+
+from local_services import free_port, mlflow_server as mlflow_server_at, postgres, wait_http
 
 VENV_BIN = Path(sys.executable).parent
 # Variables a cluster must not inherit from the test's environment: the job gets them from the submitter only.
@@ -46,31 +43,6 @@ pytestmark = pytest.mark.skipif(not (VENV_BIN / "ray").exists(), reason=f"no `ra
 
 
 # ============================================================================================== helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path | None = None,
-               ok: tuple[int, ...] = (200,)) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status in ok:
-                    return
-        except urllib.error.HTTPError as e:
-            if e.code in ok:
-                return
-        except OSError:
-            pass
-        if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            pytest.fail(f"{url} did not come up within {timeout:.0f} s\n{tail}")
-        time.sleep(0.3)
-
-
 def _cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`alphasweep ...` in a fresh process (the client reads RAY_AUTH_MODE before `import ray`)."""
     full = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
@@ -87,12 +59,6 @@ def _job_id(stdout: str) -> str:
 
 
 # =========================================================================================== PostgreSQL
-def _postgres_bindir() -> Path | None:
-    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)),
-                                           None)
-    return Path(found).parent if found else None
-
-
 class Postgres:
     def __init__(self, port: int):
         self.port = port
@@ -115,33 +81,9 @@ class Postgres:
 
 @pytest.fixture(scope="module")
 def postgres_server():
-    """A throwaway PostgreSQL server on 127.0.0.1 (trust auth) with the databases `mlflow` and `optuna`.
-
-    initdb refuses to run as root, so as root the server runs as the `postgres` user (runuser).
-    """
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb) on PATH or in /usr/lib/postgresql/*/bin")
+    """A throwaway PostgreSQL server on 127.0.0.1 (trust auth) with the databases `mlflow` and `optuna`."""
     psycopg2 = pytest.importorskip("psycopg2")
-    as_user: list[str] = []
-    owner = None
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run initdb as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    work = Path(tempfile.mkdtemp(prefix="aspg-", dir="/tmp"))  # short: the socket path must fit in 107 bytes
-    os.chmod(work, 0o755)
-    if owner:
-        os.chown(work, owner.pw_uid, owner.pw_gid)
-    data, port = work / "data", _free_port()
-    try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                        "-E", "UTF8"], check=True, capture_output=True, timeout=120)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(work / "log"),
-                        "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {work} -c fsync=off -c max_connections=200",
-                        "start"], check=True, capture_output=True, timeout=120)
+    with postgres("--auth=trust") as (port, _, _):
         conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -149,37 +91,16 @@ def postgres_server():
                 cur.execute(f"CREATE DATABASE {db}")
         conn.close()
         yield Postgres(port)
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def mlflow_pg_server(postgres_server, tmp_path_factory):
     """`mlflow server` with the PostgreSQL `mlflow` database as its backend store; yields its URI."""
-    mlflow_bin = VENV_BIN / "mlflow"
-    if not mlflow_bin.exists():
-        pytest.skip(f"no mlflow executable beside {sys.executable}")
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(root / "server.log", "wb")
-    started = time.time() - 5  # psutil create_time runs ~0.3 s behind time.time() here
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
-    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", postgres_server.url("mlflow"),
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(uri + "/health", proc, 120, root / "server.log")
+    with mlflow_server_at(["server", "--backend-store-uri", postgres_server.url("mlflow"), "--artifacts-destination",
+                           str(root / "artifacts"), "--workers", "1"], root, env) as uri:
         yield uri
-    finally:
-        _kill_tree([proc.pid], None, started)
-        log.close()
 
 
 # ================================================================================================= Ray
@@ -235,7 +156,7 @@ class RayCluster:
         self.token = auth_token
         self.leaders: list[int] = []
         self.started = time.time() - 5  # psutil create_time runs ~0.3 s behind time.time() here
-        self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
         env.update(
@@ -252,7 +173,7 @@ class RayCluster:
         out = open(self.root / f"{name}.out", "wb")
         proc = subprocess.Popen(
             [str(VENV_BIN / "ray"), "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-             "--object-store-memory", str(150 * 1024**2), "--dashboard-agent-listen-port", str(_free_port()),
+             "--object-store-memory", str(150 * 1024**2), "--dashboard-agent-listen-port", str(free_port()),
              "--temp-dir", str(self.root / name), "--disable-usage-stats"],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -268,9 +189,9 @@ class RayCluster:
     def start_head(self, resources: dict) -> None:
         self._start("head", ["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
                              "--dashboard-port", str(self.dashboard_port),
-                             "--ray-client-server-port", str(_free_port()), "--resources", json.dumps(resources)])
+                             "--ray-client-server-port", str(free_port()), "--resources", json.dumps(resources)])
         # Up when it answers; with token auth on, that answer is 401 to this token-less request.
-        _wait_http(self.address + "/api/version", None, 60, ok=(200, 401) if self.token else (200,))
+        wait_http(self.address + "/api/version", None, 60, ok=(200, 401) if self.token else (200,))
 
     def add_node(self, name: str) -> None:
         self._start(name, ["--address", f"127.0.0.1:{self.gcs_port}"])
@@ -376,7 +297,7 @@ def sweep_job(broken_job, ray_cluster, postgres_server, mlflow_pg_server, cluste
 # =============================================================================================== tests
 def test_submit_unreachable_cluster_exits_1_with_one_line(tmp_path, tiny_model, addition_files):
     config = _config(tmp_path / "sweep.yaml", "unreachable", tiny_model, addition_files)
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     proc = _cli("submit", str(config), "--address", address, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -12,20 +12,13 @@
 from __future__ import annotations
 
 import copy
-import glob
 import http.client
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -33,6 +26,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from local_services import mlflow_server as mlflow_server_at, postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -624,25 +619,6 @@ def test_mlflow_and_postgres_accept_connections_from_their_clients_only():
 
 
 # ===================================================================================== real-server checks
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-
-
 def _get(port: int, path: str, host: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -657,41 +633,18 @@ def _get(port: int, path: str, host: str) -> int:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` from the venv with the manifest's own command, flags and env (sqlite instead of
-    PostgreSQL, a temp artifact dir, loopback and a free port, one worker)."""
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    if not mlflow_bin.exists():
-        pytest.skip(f"no mlflow executable beside {sys.executable}")
+    PostgreSQL, a temp artifact dir, loopback and a free port, one worker); yields its port."""
     tmp = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
     c = mlflow_container()
-    overrides = {"--host": "127.0.0.1", "--port": str(port), "--artifacts-destination": str(tmp / "artifacts"),
-                 "--workers": "1"}
-    args = []
-    for a in c["args"]:
-        flag = a.split("=", 1)[0]
-        args.append(f"{flag}={overrides[flag]}" if flag in overrides and "=" in a else a)
+    overrides = {"--artifacts-destination": str(tmp / "artifacts"), "--workers": "1"}
+    args = [a for a in c["args"] if a.split("=", 1)[0] not in ("--host", "--port")]
+    args = [f"{a.split('=', 1)[0]}={overrides[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in overrides and "=" in a
+            else a for a in args]
     env = {**os.environ, **{e["name"]: e["value"] for e in c["env"] if "value" in e}}
     env.update(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp / 'mlflow.db'}", HOME=str(tmp))
     env.pop("MLFLOW_SERVER_ALLOWED_HOSTS", None)
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([str(mlflow_bin), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _get(port, "/health", "127.0.0.1") == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"mlflow server did not come up:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield port
-    finally:
-        _kill_group(proc)
-        log.close()
+    with mlflow_server_at(args, tmp, env, timeout=60) as uri:
+        yield int(uri.rsplit(":", 1)[1])
 
 
 def test_real_mlflow_server_accepts_the_cluster_host_and_rejects_others(mlflow_server):
@@ -705,39 +658,12 @@ def test_real_mlflow_server_accepts_the_cluster_host_and_rejects_others(mlflow_s
     assert _get(mlflow_server, "/health", "10.0.3.4:5000") == 200
 
 
-def _postgres_bindir() -> Path | None:
-    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                                                       reverse=True)), None)
-    return Path(found).parent if found else None
-
-
 def test_postgres_init_script_creates_the_databases_the_secrets_describe():
     """Runs the ConfigMap's init script as the postgres image's entrypoint would, on a throwaway server, with
     the example Secret's URLs (real passwords); Optuna and an MLflow-like client then work as those roles."""
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
     psycopg2 = pytest.importorskip("psycopg2")
     optuna = pytest.importorskip("optuna")
-    as_user: list[str] = []
-    if os.geteuid() == 0:   # initdb refuses to run as root
-        try:
-            pg_user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run initdb as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    work = Path(tempfile.mkdtemp(prefix="alphasweep-pg-"))
-    os.chmod(work, 0o755)
-    if as_user:
-        os.chown(work, pg_user.pw_uid, pg_user.pw_gid)
-    port = _free_port()
-    data, sock = work / "data", work
-    try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-                        "--auth-host=scram-sha-256", "-E", "UTF8"], check=True, capture_output=True, timeout=60)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(work / "log"), "-o",
-                        f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}", "start"],
-                       check=True, capture_output=True, timeout=60)
+    with postgres("--auth-local=trust", "--auth-host=scram-sha-256") as (port, sock, bindir):
         example = {d["metadata"]["name"]: d for d in _load_all(SECRETS_EXAMPLE)}["alphasweep-db"]["stringData"]
         urls = {k: re.sub(r"CHANGE_ME_\w+", secrets.token_hex(12), example[k])
                 for k in ("mlflow-database-url", "optuna-database-url")}
@@ -767,10 +693,6 @@ def test_postgres_init_script_creates_the_databases_the_secrets_describe():
         # The script refuses a URL it cannot read instead of creating a role without a password.
         bad = {**env, "MLFLOW_DATABASE_URL": "postgresql://nopassword@host:5432/x"}
         assert subprocess.run(["bash", "-c", script], env=bad, capture_output=True, timeout=60).returncode != 0
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # ================================================================================================= images

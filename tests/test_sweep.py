@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from alphasweep.synthetic import write_task_files
+
+from local_services import mlflow_server as mlflow_server_at
 
 
 @pytest.fixture(scope="module")
@@ -63,39 +63,13 @@ def _ray_env(ray_local) -> dict:
     return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 (sqlite backend), stopped with its process group."""
+    """A real `mlflow server` on 127.0.0.1 with a sqlite backend; yields its URI."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{root}/m.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("mlflow server did not start")
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    with mlflow_server_at(["server", "--backend-store-uri", f"sqlite:///{root}/m.db", "--artifacts-destination",
+                           str(root / "artifacts"), "--workers", "1"], root) as uri:
+        yield uri
 
 
 def _runs(uri: str, name: str):

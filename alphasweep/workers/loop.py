@@ -84,10 +84,12 @@ def _batches(examples: list[Example], per_worker: int, seed: int, rank: int, wor
 
 
 def train_loop_per_worker(cfg: dict) -> list[dict]:
-    """Ray Train entry point. `cfg`: model_path, objective, data (DataSpec), train (TrainConfig), learning_rate.
+    """Ray Train entry point. `cfg`: model_path, objective, data (DataSpec), train (TrainConfig), learning_rate,
+    started_at (the `time.time()` the run was asked for, to report the start-up overhead as `startup_s`).
 
     Returns the metrics of every report of this attempt (rank 0's list becomes `Result.return_value`).
     """
+    entered = time.time()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tc = TrainConfig.model_validate(cfg["train"])
@@ -107,7 +109,9 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        loaded = time.time()
         data = load_sft_data(spec, tokenizer, tc.max_length, seed=tc.seed)
+        tokenized = time.time()
         train_rows = pack(data.train, tc.max_length) if tc.packing else data.train
 
         per_worker = max(1, tc.batch_size // world)
@@ -126,9 +130,12 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
     batches = _batches(train_rows, micro * accum, tc.seed, rank, world)
     for _ in range(step):  # a resumed run sees the same data order as an uninterrupted one
         next(batches)
+    started_at = cfg.get("started_at", entered)
+    startup_s = time.time() - started_at
     if rank == 0:
         print(f"[alphasweep] {objective.name}: {len(train_rows)} rows ({data.stats}), {world} worker(s), "
-              f"{micro}x{accum} per worker, steps {step}->{tc.steps}", flush=True)
+              f"{micro}x{accum} per worker, steps {step}->{tc.steps}; start-up {startup_s:.1f} s (workers up "
+              f"{entered - started_at:.1f}, model {loaded - entered:.1f}, data {tokenized - loaded:.1f})", flush=True)
 
     window = {"loss": 0.0, "selected_share": 0.0, "mean_p": 0.0, "tokens": 0.0, "n": 0, "t0": time.perf_counter()}
     model.train()
@@ -170,6 +177,8 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
                 "mean_p": window["mean_p"] / n,
                 **counters,
             }
+            if not history and not resume_dir:  # a resumed attempt's start is not the run's
+                metrics["startup_s"] = startup_s
             if data.heldout and (step % tc.eval_every == 0 or final):
                 metrics["heldout_nll"] = heldout_nll(model, data.heldout, tokenizer.pad_token_id, micro, device,
                                                      autocast, rank, world)

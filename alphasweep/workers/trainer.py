@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import ray.train
@@ -33,6 +34,7 @@ def build_trainer(
             "data": data.model_dump(),
             "train": train.model_dump(),
             "learning_rate": learning_rate,
+            "started_at": time.time(),
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
