@@ -151,12 +151,6 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0)  # 0: only the final checkpoint
     max_failures: int = Field(1, ge=0)
 
-    @model_validator(mode="after")
-    def _fsdp_needs_gpus(self) -> TrainConfig:
-        if self.strategy == "fsdp" and self.gpus_per_worker == 0:
-            raise ValueError("strategy fsdp needs GPUs (gpus_per_worker > 0); use ddp on CPU")
-        return self
-
 
 class EvalConfig(_Strict):
     backend: Literal["auto", "vllm", "hf"] = "auto"

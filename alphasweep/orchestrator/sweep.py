@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import optuna
 import yaml
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -97,80 +100,107 @@ def _probe(job: PairJob):
     return ray.get(remote.remote(job.model_path, job.data, max_length=job.train.max_length, seed=job.train.seed))
 
 
-def run_pair(cfg: SweepConfig, job: PairJob, storage, client, exp_id: str, budget: int, log) -> dict:
-    """Run the trials one pair still needs; returns the pair's summary."""
-    name = study_name(job.model, job.domain)
-    stale = fail_stale_trials(storage, name)
-    done = finished_trials(storage, name)
-    remaining = budget - len(done)
-    log(f"[{name}] {len(done)}/{budget} trials done" + (f", {stale} interrupted trial(s) marked failed" if stale else ""))
-    parent = tracking.open_parent_run(client, exp_id, job.model, job.domain)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
-    if "probe" not in study.user_attrs:
-        log(f"[{name}] probing the base model on {job.data.path}")
-        result = _probe(job)
-        study.set_user_attr("probe", {**result.metrics(), "continuum": result.continuum,
-                                      "suggestions": result.suggestions})
-        for k, v in result.metrics().items():
-            client.log_metric(parent, k, v)
-        client.set_tag(parent, "continuum", result.continuum)
-    probe = study.user_attrs["probe"]
-    log(f"[{name}] probe: mean p {probe['probe_mean_p']:.3f} -> {probe['continuum']}")
-    if remaining > 0:
-        _search(cfg, job, storage, client, exp_id, parent, name, study, probe, remaining, log)
-    summary = pair_summary(optuna.load_study(study_name=name, storage=storage), job.model, job.domain)
-    if summary["best_objective"]:
-        from alphasweep.objectives import parse_objective, plot_weights
-        from alphasweep.orchestrator.report import alpha_points, plot_score_vs_alpha
+@dataclass
+class PairRun:
+    """One pair's part of a sweep: probe once, search the objectives the budget still lacks, summarise.
 
-        client.set_tag(parent, "best_objective", summary["best_objective"])
-        client.log_metric(parent, "best_score", summary["best_score"])
-        points = alpha_points(optuna.load_study(study_name=name, storage=storage))
-        tracking.log_png(client, parent, lambda p: plot_score_vs_alpha({name: points}, p), "score_vs_alpha.png")
-        tracking.log_png(client, parent, lambda p: plot_weights([parse_objective(o) for o in summary["scores"]], p),
-                         "weights.png")
-    tracking.close_parent_run(client, parent)
-    return summary
+    `storage` (Optuna) and the MLflow `client` / `exp_id` are shared by every pair of the sweep."""
 
+    cfg: SweepConfig
+    job: PairJob
+    storage: optuna.storages.BaseStorage
+    client: MlflowClient
+    exp_id: str
+    log: Callable[[str], None] = print
 
-def _search(cfg, job, storage, client, exp_id, parent, name, study, probe, remaining, log) -> None:
-    tried = {_objective_name(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
-    warm = list(cfg.search.enqueue) + (probe["suggestions"] if cfg.search.probe_warm_start else [])
-    points, seen = [], set()
-    for obj_name in warm:
-        point = point_of(obj_name, cfg.search) if _family_allowed(obj_name, cfg) else None
-        if point and obj_name not in tried and obj_name not in seen:
-            points.append(point)
-            seen.add(obj_name)
-    searcher = PairSearch(
-        SearchSpace(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points[:remaining] or None,
-        # a seed per pair and per resume, so pairs and continued sweeps draw different proposals
-        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials) + zlib.crc32(name.encode()),
-                                           multivariate=True, group=True, n_startup_trials=4),
-        study_name=name, storage=storage,
-        constants={"train_learning_rate": job.train.learning_rate},
-    )
-    if cfg.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr="step", metric=SIGNAL_METRIC, mode="min", max_t=job.train.steps,
-                                  grace_period=cfg.scheduler.grace_steps, reduction_factor=cfg.scheduler.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
-    config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
-        + (f"; first: {', '.join(_point_name(p) for p in points[:remaining])}" if points else ""))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                    max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
-        run_config=tune.RunConfig(
-            name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
-            callbacks=[tracking.TrialTracker(client, exp_id, parent, job.model, job.domain, config_yaml),
-                       TrialPrinter(name, log)],
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    )
-    tuner.fit()
+    @property
+    def name(self) -> str:
+        return study_name(self.job.model, self.job.domain)
+
+    def run(self, budget: int) -> dict:
+        """Run the trials the pair still needs to reach `budget`; returns the pair's summary."""
+        name, client = self.name, self.client
+        stale = fail_stale_trials(self.storage, name)
+        remaining = budget - len(finished_trials(self.storage, name))
+        self.log(f"[{name}] {budget - remaining}/{budget} trials done"
+                 + (f", {stale} interrupted trial(s) marked failed" if stale else ""))
+        parent = tracking.open_parent_run(client, self.exp_id, self.job.model, self.job.domain)
+        study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize", load_if_exists=True)
+        probe = self._probe_once(study, parent)
+        self.log(f"[{name}] probe: mean p {probe['probe_mean_p']:.3f} -> {probe['continuum']}")
+        if remaining > 0:
+            self._search(study, parent, self._warm_points(study, probe)[:remaining], remaining)
+        summary = pair_summary(optuna.load_study(study_name=name, storage=self.storage), self.job.model,
+                               self.job.domain)
+        if summary["best_objective"]:
+            from alphasweep.objectives import parse_objective, plot_weights
+            from alphasweep.orchestrator.report import alpha_points, plot_score_vs_alpha
+
+            client.set_tag(parent, "best_objective", summary["best_objective"])
+            client.log_metric(parent, "best_score", summary["best_score"])
+            points = alpha_points(optuna.load_study(study_name=name, storage=self.storage))
+            tracking.log_png(client, parent, lambda p: plot_score_vs_alpha({name: points}, p), "score_vs_alpha.png")
+            tracking.log_png(client, parent,
+                             lambda p: plot_weights([parse_objective(o) for o in summary["scores"]], p), "weights.png")
+        tracking.close_parent_run(client, parent)
+        return summary
+
+    def _probe_once(self, study: optuna.Study, parent: str) -> dict:
+        """The probe's figures, measured on the first run and kept in the study for every later one."""
+        if "probe" not in study.user_attrs:
+            self.log(f"[{self.name}] probing the base model on {self.job.data.path}")
+            result = _probe(self.job)
+            study.set_user_attr("probe", {**result.metrics(), "continuum": result.continuum,
+                                          "suggestions": result.suggestions})
+            for k, v in result.metrics().items():
+                self.client.log_metric(parent, k, v)
+            self.client.set_tag(parent, "continuum", result.continuum)
+        return study.user_attrs["probe"]
+
+    def _warm_points(self, study: optuna.Study, probe: dict) -> list[dict]:
+        """The config's `enqueue` list, then the probe's suggestions: those allowed and not yet run, in order."""
+        search = self.cfg.search
+        tried = {_objective_name(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
+        points, seen = [], set()
+        for obj_name in list(search.enqueue) + (probe["suggestions"] if search.probe_warm_start else []):
+            point = point_of(obj_name, search) if _family_allowed(obj_name, self.cfg) else None
+            if point and obj_name not in tried and obj_name not in seen:
+                points.append(point)
+                seen.add(obj_name)
+        return points
+
+    def _search(self, study: optuna.Study, parent: str, points: list[dict], remaining: int) -> None:
+        cfg, job, name = self.cfg, self.job, self.name
+        searcher = PairSearch(
+            SearchSpace(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points or None,
+            # a seed per pair and per resume, so pairs and continued sweeps draw different proposals
+            sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials) + zlib.crc32(name.encode()),
+                                               multivariate=True, group=True, n_startup_trials=4),
+            study_name=name, storage=self.storage,
+            constants={"train_learning_rate": job.train.learning_rate},
+        )
+        if cfg.scheduler.kind == "asha":
+            scheduler = ASHAScheduler(time_attr="step", metric=SIGNAL_METRIC, mode="min", max_t=job.train.steps,
+                                      grace_period=cfg.scheduler.grace_steps,
+                                      reduction_factor=cfg.scheduler.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        self.log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
+                 + (f"; first: {', '.join(_point_name(p) for p in points)}" if points else ""))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                        max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
+                callbacks=[tracking.TrialTracker(self.client, self.exp_id, parent, job.model, job.domain, config_yaml),
+                           TrialPrinter(name, self.log)],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        tuner.fit()
 
 
 def _family_allowed(obj_name: str, cfg: SweepConfig) -> bool:
@@ -256,6 +286,6 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
                       storage_path=cfg.checkpoint_root())
         done = len(finished_trials(storage, study_name(model.name, domain.name)))
         budget = max(cfg.budget.trials_per_pair, done + extend) if extend else cfg.budget.trials_per_pair
-        summaries.append(run_pair(cfg, job, storage, client, exp_id, budget, log))
+        summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
     del evaluator
     return summaries

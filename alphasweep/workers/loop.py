@@ -1,8 +1,9 @@
 """The Ray Train loop run by every worker: fine-tune a causal LM with one SFT objective.
 
 A plain loop in the nanoGPT spirit: AdamW, cosine schedule with warm-up, gradient accumulation,
-grad-norm clipping, non-finite steps skipped and counted, bf16 autocast on GPU, DDP or FSDP through
-`ray.train.torch.prepare_model`. The objective is applied by `objective_loss` on every path. Reports go
+grad-norm clipping, non-finite steps skipped and counted, bf16 autocast on GPU, DDP through
+`ray.train.torch.prepare_model` or FSDP through torch's `fully_shard` (on CPU as on GPUs; Ray's own FSDP
+wrapper needs GPUs). The objective is applied by `objective_loss` on every path. Reports go
 through `ray.train.report`; under Tune they become trial results (TuneReportCallback).
 """
 
@@ -19,6 +20,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import Example, collate, load_sft_data, pack
@@ -57,16 +59,44 @@ def _forward_loss(model, batch, objective, device, autocast):
     return objective_loss_with_stats(logits, batch["labels"], batch["loss_mask"], objective)
 
 
+def parallelize(model: torch.nn.Module, strategy: str, world: int) -> torch.nn.Module:
+    """DDP via Ray Train, or FSDP2: `fully_shard` on every block the HF model names unsplittable, then the root."""
+    if strategy == "ddp" or world == 1:
+        return ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    from torch.distributed.fsdp import fully_shard
+
+    model.to(ray.train.torch.get_device())
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in list(model.modules())[1:]:
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    return fully_shard(model)
+
+
+def grad_sync(model, sync: bool):
+    """Skip the gradient reduction on accumulation micro-steps (DDP `no_sync`, FSDP2 `set_requires_gradient_sync`)."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)
+    elif not sync and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def heldout_nll(model, examples: list[Example], pad_id: int, batch_size: int, device, autocast, rank: int, world: int) -> float:
-    """Mean -log p of held-out completion tokens: a yardstick common to every objective."""
+    """Mean -log p of held-out completion tokens: a yardstick common to every objective.
+
+    Every rank runs the same number of forwards (FSDP gathers weights in each); a rank whose shard ran
+    out forwards one example and does not count it."""
     model.eval()
     total, tokens = 0.0, 0.0
     shard = examples[rank::world]
-    for i in range(0, len(shard), batch_size):
-        loss, stats = _forward_loss(model, collate(shard[i : i + batch_size], pad_id), NLL, device, autocast)
-        n = float(stats["tokens"])
-        total, tokens = total + float(loss) * n, tokens + n
+    for i in range(0, math.ceil(len(examples) / world), batch_size):
+        rows = shard[i : i + batch_size]
+        loss, stats = _forward_loss(model, collate(rows or examples[:1], pad_id), NLL, device, autocast)
+        if rows:
+            n = float(stats["tokens"])
+            total, tokens = total + float(loss) * n, tokens + n
     model.train()
     total, tokens = _all_reduce_sum([total, tokens], device)
     return total / max(tokens, 1.0)
@@ -117,7 +147,7 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
         per_worker = max(1, tc.batch_size // world)
         micro = min(tc.micro_batch_size or per_worker, per_worker)
         accum = max(1, per_worker // micro)
-        model = ray.train.torch.prepare_model(model, parallel_strategy=tc.strategy if world > 1 else None)
+        model = parallelize(model, tc.strategy, world)
         device = ray.train.torch.get_device()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95))
         scheduler = cosine_with_warmup(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
@@ -143,8 +173,7 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
     while step < tc.steps:
         rows = next(batches)
         for k in range(accum):
-            sync = k == accum - 1 or not hasattr(model, "no_sync")
-            with contextlib.nullcontext() if sync else model.no_sync():
+            with grad_sync(model, sync=k == accum - 1):
                 loss, stats = _forward_loss(model, collate(rows[k * micro : (k + 1) * micro], tokenizer.pad_token_id),
                                             objective, device, autocast)
                 (loss / accum).backward()
@@ -152,8 +181,9 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
             window["selected_share"] += float(stats["selected_share"]) / accum
             window["mean_p"] += float(stats["mean_p"]) / accum
             window["tokens"] += float(stats["tokens"])
-        clip = getattr(model, "clip_grad_norm_", None)  # FSDP shards need their own clip
-        grad_norm = clip(tc.grad_clip) if clip else torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        if isinstance(grad_norm, DTensor):  # FSDP2: the norm over every shard
+            grad_norm = grad_norm.full_tensor()
         if torch.isfinite(grad_norm):
             optimizer.step()
         else:

@@ -1,4 +1,4 @@
-"""A 2-worker DDP step with `objective_loss` gives the gradient of the mean of the shards' losses.
+"""A 2-worker DDP or FSDP step with `objective_loss` gives the gradient of the mean of the shards' losses.
 
 Each rank normalises by its own selected tokens (and a quantile cut is its own shard's), so DDP's gradient
 average is the mean over shards of each shard's loss gradient, not the gradient of one loss over the batch.
@@ -6,9 +6,12 @@ average is the mean over shards of each shard's loss gradient, not the gradient 
 
 import copy
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from alphasweep.objectives import objective_loss, parse_objective
@@ -32,7 +35,7 @@ def _shard(rank, *tensors):
     return [t[rank * size : (rank + 1) * size] for t in tensors]
 
 
-def _worker(rank, rendezvous):
+def _worker(rank, rendezvous, strategy):
     # A file rendezvous: no TCP store owned by rank 0 that could go away while rank 1 still tears down.
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
@@ -41,13 +44,16 @@ def _worker(rank, rendezvous):
     with torch.no_grad():
         model[2].weight.mul_(8)
     reference = copy.deepcopy(model)
-    ddp = DistributedDataParallel(model)
+    if strategy == "ddp":
+        wrapped = DistributedDataParallel(model)
+    else:
+        wrapped = fully_shard(model)  # FSDP2: each parameter a DTensor sharded over the 2 ranks
     tokens, labels, mask = _batch()
     for name in OBJECTIVES:
         objective = parse_objective(name)
-        ddp.zero_grad()
+        wrapped.zero_grad()
         shard_tokens, shard_labels, shard_mask = _shard(rank, tokens, labels, mask)
-        objective_loss(ddp(shard_tokens), shard_labels, shard_mask, objective).backward()
+        objective_loss(wrapped(shard_tokens), shard_labels, shard_mask, objective).backward()
 
         reference.zero_grad()
         for shard in range(WORLD):
@@ -55,10 +61,12 @@ def _worker(rank, rendezvous):
             (objective_loss(reference(shard_tokens), shard_labels, shard_mask, objective) / WORLD).backward()
         for got, want in zip(model.parameters(), reference.parameters(), strict=True):
             assert want.grad.abs().max() > 1e-3, name
-            torch.testing.assert_close(got.grad, want.grad, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+            grad = got.grad.full_tensor() if isinstance(got.grad, DTensor) else got.grad
+            torch.testing.assert_close(grad, want.grad, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
     dist.barrier()  # neither rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
 
 
-def test_ddp_gradient_is_mean_of_shard_gradients(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_gradient_is_mean_of_shard_gradients(tmp_path, strategy):
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), strategy), nprocs=WORLD, join=True)
