@@ -6,6 +6,7 @@ CPU; the Train workers and the evaluator actor hold the real CPUs/GPUs (stack no
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from ray import tune
@@ -33,6 +34,7 @@ class PairJob:
 
 
 def run_trial(config: dict, job: PairJob) -> None:
+    started_at = time.time()  # the trial's start-up overhead (`startup_s`) counts from here
     from alphasweep.evaluation.actor import evaluate_with_timeout, get_evaluator
     from alphasweep.orchestrator.space import objective_of
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
@@ -41,7 +43,7 @@ def run_trial(config: dict, job: PairJob) -> None:
     trainer = build_trainer(
         model_path=job.model_path, data=job.data, train=job.train, objective=objective.name,
         storage_path=job.storage_path, name=f"{job.slug}-trial{config['optuna_trial']:04d}",
-        learning_rate=config.get("learning_rate"), callbacks=[TuneReportCallback()],
+        learning_rate=config.get("learning_rate"), callbacks=[TuneReportCallback()], started_at=started_at,
     )
     checkpoint = final_checkpoint_path(trainer.fit())
     scores = evaluate_with_timeout(get_evaluator(job.eval), checkpoint, job.benchmarks, job.eval.timeout_s,

@@ -20,7 +20,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import Example, collate, load_sft_data, pack
@@ -182,7 +181,7 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
             window["mean_p"] += float(stats["mean_p"]) / accum
             window["tokens"] += float(stats["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        if isinstance(grad_norm, DTensor):  # FSDP2: the norm over every shard
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor, the norm over every shard
             grad_norm = grad_norm.full_tensor()
         if torch.isfinite(grad_norm):
             optimizer.step()
