@@ -98,3 +98,30 @@ def test_a_proposal_that_repeats_an_objective_is_redrawn(tmp_path):
     skipped = [t for t in study.trials if "skipped" in t.user_attrs]
     assert skipped and all(t.state == TrialState.FAIL for t in skipped)
     assert pair_summary(study, "m", "d")["failed"] == 0
+
+
+def test_a_sampler_stuck_on_a_run_objective_falls_back_to_random_draws(tmp_path):
+    """A sampler that only ever proposes `original` (as a TPE sure of NLL does): after a few redraws the
+    proposal comes from random draws; where every objective has run, a repeat runs rather than nothing."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
+    stuck = optuna.samplers.PartialFixedSampler({"family": "nll"}, optuna.samplers.TPESampler(seed=0))
+    searcher = PairSearch(SearchSpace(SearchSpec(families=["nll", "general"])), metric="score", mode="max",
+                          points_to_evaluate=[{"family": "nll"}], study_name="m/d", storage=storage,
+                          sampler=stuck, constants={})
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"score": 0.9})
+    config = searcher.suggest("t1")
+    assert objective_of(config).family == "general"
+    assert searcher._ot_study.sampler is stuck
+    study = optuna.load_study(study_name="m/d", storage=storage)
+    assert sum("skipped" in t.user_attrs for t in study.trials) >= 5
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o2.db")
+    searcher = PairSearch(SearchSpace(SearchSpec(families=["nll", "p"])), metric="score", mode="max",
+                          points_to_evaluate=[{"family": "nll"}, {"family": "p"}], study_name="m/d",
+                          storage=storage, sampler=optuna.samplers.TPESampler(seed=0), constants={})
+    for i in range(2):
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"score": 0.5})
+    config = searcher.suggest("t2")  # both objectives have run: the last redraw runs as a repeat
+    assert objective_of(config).name in ("original", "p") and "optuna_trial" in config

@@ -135,6 +135,7 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
             continue
         if sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and any(t.state == TrialState.RUNNING for t in trials):
             break
+    assert driver.poll() is None, "the sweep ended before the test could interrupt it"
     driver.kill()
     driver.wait()
 

@@ -30,7 +30,7 @@ from alphasweep.orchestrator.trial import PairJob, run_trial
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SEARCH_METRIC, SIGNAL_METRIC = "score", "heldout_nll"
 SKIPPED = "skipped"  # user attr of a proposal that repeated an earlier objective and never ran
-MAX_REDRAWS = 20
+GUIDED_REDRAWS, MAX_REDRAWS = 5, 20
 
 
 class PairSearch(OptunaSearch):
@@ -46,14 +46,23 @@ class PairSearch(OptunaSearch):
 
     def suggest(self, trial_id: str):
         """A proposal that repeats an objective already run (TPE often redraws `p` or `original`, which have
-        no parameters) is recorded as a skipped FAIL and redrawn: a rerun would only repeat a known score."""
-        for _ in range(MAX_REDRAWS):
-            config = super().suggest(trial_id)
-            if not isinstance(config, dict) or not self._repeats(config, self._ot_trials[trial_id].number):
-                break
-            repeat = self._ot_trials.pop(trial_id)
-            repeat.set_user_attr(SKIPPED, f"repeats {_point_name(config)}")
-            self._ot_study.tell(repeat, state=TrialState.FAIL)
+        no parameters) is recorded as a skipped FAIL and redrawn: a rerun would only repeat a known score.
+        After `GUIDED_REDRAWS` repeats the redraws come from a random sampler (a TPE sure of a parameterless
+        objective proposes it again and again); a proposal that still repeats after `MAX_REDRAWS` runs."""
+        guided = self._ot_study.sampler
+        try:
+            for attempt in range(1, MAX_REDRAWS + 1):
+                config = super().suggest(trial_id)
+                if (not isinstance(config, dict) or attempt == MAX_REDRAWS
+                        or not self._repeats(config, self._ot_trials[trial_id].number)):
+                    break
+                repeat = self._ot_trials.pop(trial_id)
+                repeat.set_user_attr(SKIPPED, f"repeats {_point_name(config)}")
+                self._ot_study.tell(repeat, state=TrialState.FAIL)
+                if attempt == GUIDED_REDRAWS:
+                    self._ot_study.sampler = optuna.samplers.RandomSampler(seed=repeat.number)
+        finally:
+            self._ot_study.sampler = guided
         if isinstance(config, dict):
             config.update(self._constants, optuna_trial=self._ot_trials[trial_id].number)
         return config

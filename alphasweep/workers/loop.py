@@ -64,7 +64,10 @@ def parallelize(model: torch.nn.Module, strategy: str, world: int) -> torch.nn.M
         return ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     from torch.distributed.fsdp import fully_shard
 
-    model.to(ray.train.torch.get_device())
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":  # fully_shard's default device mesh uses the current CUDA device
+        torch.cuda.set_device(device)
+    model.to(device)
     blocks = set(getattr(model, "_no_split_modules", None) or ())
     for module in list(model.modules())[1:]:
         if type(module).__name__ in blocks:
