@@ -127,6 +127,10 @@ class SchedulerSpec(_Strict):
     kind: Literal["none", "asha"] = "none"
     grace_steps: int = Field(50, ge=1)
     reduction_factor: int = Field(2, ge=2)
+    # What ASHA compares at each rung (reported every train.eval_every steps): held-out NLL, or the mean
+    # accuracy on the first `signal_limit` items of each of the pair's benchmarks, generated in the worker.
+    signal: Literal["heldout_nll", "benchmark"] = "heldout_nll"
+    signal_limit: int = Field(32, ge=1)
 
 
 class TrainConfig(_Strict):

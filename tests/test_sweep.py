@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,7 +81,8 @@ def _runs(uri: str, name: str):
 
 def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         ray_local, tmp_path, tiny_model, addition_files, cipher_files, mlflow_server):
-    config = _config(tmp_path, tiny_model, addition_files, cipher_files, tracking={"mlflow_uri": mlflow_server})
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files, tracking={"mlflow_uri": mlflow_server},
+                     scheduler={"kind": "none", "signal": "benchmark", "signal_limit": 8})
     proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best objective" in proc.stdout and "mlflow" in proc.stdout.lower()
@@ -95,6 +97,7 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         assert r.data.tags["mlflow.parentRunId"] in parent_ids
         assert {"model", "domain", "tune_trial_id", "optuna_trial"} <= set(r.data.tags)
         assert "score" in r.data.metrics and "loss" in r.data.metrics and r.info.status == "FINISHED"
+        assert 0 <= r.data.metrics["signal_score"] <= 1 and r.data.metrics["startup_s"] > 0
     for r in parents:
         assert "probe_mean_p" in r.data.metrics and r.info.status == "FINISHED"
 
@@ -114,6 +117,38 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         mlflow_scores = {r.data.params["objective"]: r.data.metrics["score"] for r in children
                          if r.data.tags["domain"] == pair["domain"]}
         assert pair["scores"] == pytest.approx(mlflow_scores)
+
+
+def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, tiny_model, addition_files,
+                                                          cipher_files):
+    """ASHA on held-out NLL, one trial at a time: the untrained base barely moves under `p` (its gradient
+    weight p is tiny where p is small), so at the first rung `p` is behind NLL and is stopped. The stopped
+    trial is PRUNED with no value in Optuna, KILLED with `stopped_early` in MLflow, counted by the report."""
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files,
+                     budget={"trials_per_pair": 3, "max_concurrent": 1},
+                     scheduler={"kind": "asha", "grace_steps": 4, "reduction_factor": 2},
+                     train__steps=12, train__report_every=4, train__eval_every=4)
+    raw = yaml.safe_load(config.read_text())
+    raw["domains"] = raw["domains"][:1]
+    config.write_text(yaml.safe_dump(raw))
+    proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"trial #1 p: stopped early at step 4\b", proc.stdout), proc.stdout[-3000:]
+
+    study = optuna.load_study(study_name="tiny/addition", storage=f"sqlite:///{tmp_path}/out/optuna.db")
+    by_family = {t.params["family"]: t for t in study.trials if "skipped" not in t.user_attrs}
+    assert by_family["nll"].state == TrialState.COMPLETE and by_family["nll"].value is not None, (proc.stdout[-4000:], [(t.number, t.params, t.state) for t in study.trials])
+    assert by_family["p"].state == TrialState.PRUNED and by_family["p"].value is None
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+
+    runs = {r.data.params["objective"]: r for r in _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
+            if r.data.tags.get("alphasweep.kind") == "trial"}
+    assert runs["p"].info.status == "KILLED" and runs["p"].data.tags["stopped_early"] == "true"
+    assert "score" not in runs["p"].data.metrics and "heldout_nll" in runs["p"].data.metrics
+    assert runs["original"].info.status == "FINISHED" and runs["original"].data.tags["stopped_early"] == "false"
+
+    pair = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)["pairs"][0]
+    assert pair["stopped_early"] >= 1 and "p" not in pair["scores"] and pair["best_objective"] != "p"
 
 
 def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model, addition_files, cipher_files):

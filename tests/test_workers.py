@@ -14,17 +14,18 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alphasweep.config import DataSpec, TrainConfig
+from alphasweep.evaluation.actor import Evaluator
 from alphasweep.tinykit import build_base
 from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
 
-def _fit(tmp_path, model, data, objective="GeneralFamily-8", heldout=32, **train):
+def _fit(tmp_path, model, data, objective="GeneralFamily-8", heldout=32, signal=None, **train):
     settings = dict(steps=24, batch_size=16, learning_rate=2e-3, max_length=32, workers=2, report_every=4,
                     eval_every=8, warmup_steps=2)
     settings.update(train)
     trainer = build_trainer(
         model_path=str(model), data=DataSpec(path=str(data), heldout=heldout), train=TrainConfig(**settings),
-        objective=objective, storage_path=str(tmp_path / "ray"), name=f"run-{time.monotonic_ns()}",
+        objective=objective, storage_path=str(tmp_path / "ray"), name=f"run-{time.monotonic_ns()}", signal=signal,
     )
     return trainer.fit()
 
@@ -67,6 +68,21 @@ def test_fsdp_follows_the_ddp_loss_curve_and_saves_a_full_checkpoint(ray_local, 
     reference = AutoModelForCausalLM.from_pretrained(final_checkpoint_path(runs["ddp"]))
     for (name, got), want in zip(saved.state_dict().items(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_benchmark_signal_scores_the_model_in_training_as_the_evaluator_scores_its_checkpoint(
+        ray_local, tmp_path, addition_model, addition_files):
+    """The intermediate signal for ASHA: accuracy on a benchmark subset, generated inside the worker. At
+    the last step it equals what the evaluator gives the saved checkpoint on the same items."""
+    bench = {"name": "addition", "path": str(addition_files[1]), "format": "exact"}
+    eval_cfg = {"max_new_tokens": 6, "batch_size": 16}
+    result = _fit(tmp_path, addition_model, addition_files[0], "original", workers=1, steps=8, report_every=4,
+                  eval_every=4, learning_rate=1e-4, signal={"benchmarks": [bench], "limit": 24, "eval": eval_cfg})
+    scores = {h["step"]: h["signal_score"] for h in result.return_value if "signal_score" in h}
+    assert sorted(scores) == [4, 8]
+    final = Evaluator(eval_cfg, log=None).evaluate(final_checkpoint_path(result), [bench], limit=24)
+    assert final["n"]["addition"] == 24 and final["mean_score"] > 0.3  # the trained twin solves most sums
+    assert abs(scores[8] - final["mean_score"]) <= 1 / 24  # same weights; at most a near-tie decoded differently
 
 
 def test_same_seed_gives_the_same_loss_curve(ray_local, tmp_path, tiny_model, addition_files):

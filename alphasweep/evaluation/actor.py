@@ -55,6 +55,42 @@ class Evaluator:
         ValueError, before any model is loaded."""
         started = time.perf_counter()
         path = resolve_checkpoint(checkpoint)
+        loaded = self._benchmarks_for(benchmarks, limit)
+        t_load = time.perf_counter()
+        reloaded = self.backend.path != path
+        self.backend.load(path)
+        if reloaded:
+            self._log(f"[eval] loaded {path} ({self.backend.name}) in {time.perf_counter() - t_load:.1f}s")
+        return self._score(loaded, started)
+
+    def evaluate_model(self, model, tokenizer, benchmarks: list[BenchmarkSpec | dict | str],
+                       limit: int | None = None, label: str = "in-memory model") -> dict[str, Any]:
+        """`evaluate` for a model in this process (a training worker's intermediate signal); hf backend."""
+        if self.backend.name != "hf":
+            raise ValueError(f"evaluating an in-memory model needs the hf backend, not {self.backend.name}")
+        started = time.perf_counter()
+        loaded = self._benchmarks_for(benchmarks, limit)
+        self.backend.attach(model, tokenizer, label)
+        return self._score(loaded, started)
+
+    def loaded(self) -> str | None:
+        """The checkpoint currently in memory."""
+        return self.backend.path
+
+    def info(self) -> dict[str, Any]:
+        """Process id, backend, loaded checkpoint and resident memory (for health checks and tests)."""
+        import psutil
+
+        return {"pid": os.getpid(), "backend": self.backend.name, "checkpoint": self.backend.path,
+                "rss": psutil.Process().memory_info().rss}
+
+    def close(self) -> None:
+        """Free the loaded model (and, for vLLM, stop its engine process)."""
+        self.backend.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _benchmarks_for(self, benchmarks: list[BenchmarkSpec | dict | str], limit: int | None) -> list[Benchmark]:
         specs = [resolve_spec(b) for b in benchmarks]
         if not specs:
             raise ValueError("no benchmarks to evaluate")
@@ -62,12 +98,18 @@ class Evaluator:
         if len(set(names)) != len(names):
             raise ValueError(f"benchmark names must be unique, got {names}")
         limit = min((c for c in (limit, self.cfg.limit) if c is not None), default=None)
-        loaded = [self._benchmark(s, limit) for s in specs]
-        t_load = time.perf_counter()
-        reloaded = self.backend.path != path
-        self.backend.load(path)
-        if reloaded:
-            self._log(f"[eval] loaded {path} ({self.backend.name}) in {time.perf_counter() - t_load:.1f}s")
+        return [self._benchmark(s, limit) for s in specs]
+
+    def _benchmark(self, spec: BenchmarkSpec, limit: int | None) -> Benchmark:
+        key = json.dumps([spec.model_dump(mode="json"), limit], sort_keys=True)
+        if key not in self._benchmarks:
+            if len(self._benchmarks) >= 32:
+                self._benchmarks.pop(next(iter(self._benchmarks)))
+            self._benchmarks[key] = load_benchmark(spec, limit)
+        return self._benchmarks[key]
+
+    def _score(self, loaded: list[Benchmark], started: float) -> dict[str, Any]:
+        """Generate on every benchmark with the loaded model and score the completions."""
         k = self.cfg.n_samples
         scores, pass_at_k, counts, records = {}, {}, {}, []
         for bench in loaded:
@@ -96,7 +138,7 @@ class Evaluator:
                       + (f" pass@{k}={pass_at_k[bench.name]:.4f}" if k > 1 else "")
                       + f" ({time.perf_counter() - t0:.1f}s)")
         return {
-            "checkpoint": path,
+            "checkpoint": self.backend.path,
             "backend": self.backend.name,
             "scores": scores,
             "pass_at_k": pass_at_k,
@@ -106,31 +148,6 @@ class Evaluator:
             "records": records,
             "seconds": time.perf_counter() - started,
         }
-
-    def loaded(self) -> str | None:
-        """The checkpoint currently in memory."""
-        return self.backend.path
-
-    def info(self) -> dict[str, Any]:
-        """Process id, backend, loaded checkpoint and resident memory (for health checks and tests)."""
-        import psutil
-
-        return {"pid": os.getpid(), "backend": self.backend.name, "checkpoint": self.backend.path,
-                "rss": psutil.Process().memory_info().rss}
-
-    def close(self) -> None:
-        """Free the loaded model (and, for vLLM, stop its engine process)."""
-        self.backend.close()
-
-    # ------------------------------------------------------------ internals
-
-    def _benchmark(self, spec: BenchmarkSpec, limit: int | None) -> Benchmark:
-        key = json.dumps([spec.model_dump(mode="json"), limit], sort_keys=True)
-        if key not in self._benchmarks:
-            if len(self._benchmarks) >= 32:
-                self._benchmarks.pop(next(iter(self._benchmarks)))
-            self._benchmarks[key] = load_benchmark(spec, limit)
-        return self._benchmarks[key]
 
 
 # ---------------------------------------------------------------- Ray

@@ -144,6 +144,11 @@ class HFBackend(GenerationBackend):
         self.model = model.to(self.device).eval()
         self.path = path
 
+    def attach(self, model, tokenizer, label: str) -> None:
+        """Generate with a model already in memory (a training worker's) instead of loading a checkpoint."""
+        self.model, self.tokenizer, self.path = model, tokenizer, label
+        self.device = next(model.parameters()).device
+
     def close(self) -> None:
         if self.model is None and self.tokenizer is None:
             return

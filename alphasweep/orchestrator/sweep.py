@@ -28,7 +28,8 @@ from alphasweep.orchestrator.space import SearchSpace, point_of
 from alphasweep.orchestrator.trial import PairJob, run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-SEARCH_METRIC, SIGNAL_METRIC = "score", "heldout_nll"
+SEARCH_METRIC = "score"
+SIGNALS = {"heldout_nll": ("heldout_nll", "min"), "benchmark": ("signal_score", "max")}  # ASHA's metric, mode
 SKIPPED = "skipped"  # user attr of a proposal that repeated an earlier objective and never ran
 GUIDED_REDRAWS, MAX_REDRAWS = 5, 20
 
@@ -189,7 +190,10 @@ class PairRun:
             constants={"train_learning_rate": job.train.learning_rate},
         )
         if cfg.scheduler.kind == "asha":
-            scheduler = ASHAScheduler(time_attr="step", metric=SIGNAL_METRIC, mode="min", max_t=job.train.steps,
+            metric, mode = SIGNALS[cfg.scheduler.signal]
+            # max_t one past the last step: ASHA stops any trial whose step reaches max_t, and a trial that
+            # trained to the end must still be evaluated and report its score
+            scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=job.train.steps + 1,
                                       grace_period=cfg.scheduler.grace_steps,
                                       reduction_factor=cfg.scheduler.reduction_factor)
         else:
@@ -292,7 +296,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     for model, domain in cfg.pairs():
         job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
                       benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
-                      storage_path=cfg.checkpoint_root())
+                      storage_path=cfg.checkpoint_root(),
+                      signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
         done = len(finished_trials(storage, study_name(model.name, domain.name)))
         budget = max(cfg.budget.trials_per_pair, done + extend) if extend else cfg.budget.trials_per_pair
         summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))

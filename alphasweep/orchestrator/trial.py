@@ -27,6 +27,13 @@ class PairJob:
     train: TrainConfig
     eval: EvalConfig
     storage_path: str
+    signal_limit: int | None = None  # score this many items per benchmark during training (ASHA's signal)
+
+    def signal_spec(self) -> dict | None:
+        if self.signal_limit is None:
+            return None
+        return {"benchmarks": [b.model_dump(mode="json") for b in self.benchmarks], "limit": self.signal_limit,
+                "eval": self.eval.model_dump(mode="json")}
 
     @property
     def slug(self) -> str:
@@ -44,6 +51,7 @@ def run_trial(config: dict, job: PairJob) -> None:
         model_path=job.model_path, data=job.data, train=job.train, objective=objective.name,
         storage_path=job.storage_path, name=f"{job.slug}-trial{config['optuna_trial']:04d}",
         learning_rate=config.get("learning_rate"), callbacks=[TuneReportCallback()], started_at=started_at,
+        signal=job.signal_spec(),
     )
     checkpoint = final_checkpoint_path(trainer.fit())
     scores = evaluate_with_timeout(get_evaluator(job.eval), checkpoint, job.benchmarks, job.eval.timeout_s,

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import Example, collate, load_sft_data, pack
 from alphasweep.objectives import objective_loss_with_stats, parse_objective
-from alphasweep.workers.checkpoints import load_trainer_state, save_checkpoint
+from alphasweep.workers.checkpoints import load_trainer_state, save_checkpoint, unwrap
 
 NLL = parse_objective("original")
 
@@ -115,9 +115,31 @@ def _batches(examples: list[Example], per_worker: int, seed: int, rank: int, wor
         epoch += 1
 
 
+class BenchmarkSignal:
+    """Accuracy of the model being trained on a few benchmark items: an intermediate signal comparable
+    across objectives (held-out NLL favours NLL itself). Every rank generates the same prompts (FSDP
+    gathers weights in each forward); greedy decoding keeps the ranks in step."""
+
+    def __init__(self, spec: dict):
+        from alphasweep.evaluation.actor import Evaluator
+
+        self.benchmarks, self.limit = spec["benchmarks"], spec["limit"]
+        self.evaluator = Evaluator({**spec["eval"], "backend": "hf", "temperature": 0.0, "n_samples": 1}, log=None)
+
+    def __call__(self, model, tokenizer, step: int) -> float:
+        inner = unwrap(model)
+        inner.eval()
+        try:
+            result = self.evaluator.evaluate_model(inner, tokenizer, self.benchmarks, self.limit, f"step {step}")
+        finally:
+            inner.train()
+        return result["mean_score"]
+
+
 def train_loop_per_worker(cfg: dict) -> list[dict]:
     """Ray Train entry point. `cfg`: model_path, objective, data (DataSpec), train (TrainConfig), learning_rate,
-    started_at (the `time.time()` the run was asked for, to report the start-up overhead as `startup_s`).
+    started_at (the `time.time()` the run was asked for, to report the start-up overhead as `startup_s`),
+    signal (optional: benchmarks, limit and eval settings for a `signal_score` every `eval_every` steps).
 
     Returns the metrics of every report of this attempt (rank 0's list becomes `Result.return_value`).
     """
@@ -157,6 +179,7 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
         if resume_dir:
             step, counters = load_trainer_state(Path(resume_dir), model, optimizer, scheduler)
             counters["resumes"] += 1
+    signal = BenchmarkSignal(cfg["signal"]) if cfg.get("signal") else None
     use_bf16 = tc.bf16 and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     batches = _batches(train_rows, micro * accum, tc.seed, rank, world)
@@ -211,9 +234,12 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
             }
             if not history and not resume_dir:  # a resumed attempt's start is not the run's
                 metrics["startup_s"] = startup_s
-            if data.heldout and (step % tc.eval_every == 0 or final):
-                metrics["heldout_nll"] = heldout_nll(model, data.heldout, tokenizer.pad_token_id, micro, device,
-                                                     autocast, rank, world)
+            if step % tc.eval_every == 0 or final:
+                if data.heldout:
+                    metrics["heldout_nll"] = heldout_nll(model, data.heldout, tokenizer.pad_token_id, micro,
+                                                         device, autocast, rank, world)
+                if signal:
+                    metrics["signal_score"] = signal(model, tokenizer, step)
             window = {**{k: 0.0 for k in window}, "n": 0, "t0": time.perf_counter()}
             save = final or (tc.checkpoint_every and step % tc.checkpoint_every == 0)
             if save:

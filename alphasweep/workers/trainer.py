@@ -33,9 +33,11 @@ def build_trainer(
     learning_rate: float | None = None,
     callbacks: Sequence = (),
     started_at: float | None = None,
+    signal: dict | None = None,
 ) -> TorchTrainer:
     """A trainer whose run `name` is deterministic, so a restarted run finds its own checkpoints.
-    `started_at` (default: now) is when the run was asked for; the first report's `startup_s` counts from it."""
+    `started_at` (default: now) is when the run was asked for; the first report's `startup_s` counts from it.
+    `signal` ({benchmarks, limit, eval}): score a benchmark subset every `eval_every` steps (`signal_score`)."""
     for key, value in TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     use_gpu = train.gpus_per_worker > 0
@@ -49,6 +51,7 @@ def build_trainer(
             "train": train.model_dump(),
             "learning_rate": learning_rate,
             "started_at": started_at or time.time(),
+            "signal": signal,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
