@@ -637,9 +637,11 @@ def mlflow_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlflow")
     c = mlflow_container()
     overrides = {"--artifacts-destination": str(tmp / "artifacts"), "--workers": "1"}
-    args = [a for a in c["args"] if a.split("=", 1)[0] not in ("--host", "--port")]
-    args = [f"{a.split('=', 1)[0]}={overrides[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in overrides and "=" in a
-            else a for a in args]
+    args = []
+    for a in c["args"]:
+        flag = a.split("=", 1)[0]
+        if flag not in ("--host", "--port"):  # the helper binds loopback and a free port
+            args.append(f"{flag}={overrides[flag]}" if flag in overrides and "=" in a else a)
     env = {**os.environ, **{e["name"]: e["value"] for e in c["env"] if "value" in e}}
     env.update(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp / 'mlflow.db'}", HOME=str(tmp))
     env.pop("MLFLOW_SERVER_ALLOWED_HOSTS", None)

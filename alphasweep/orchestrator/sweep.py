@@ -140,15 +140,14 @@ class PairRun:
         self.log(f"[{name}] probe: mean p {probe['probe_mean_p']:.3f} -> {probe['continuum']}")
         if remaining > 0:
             self._search(study, parent, self._warm_points(study, probe)[:remaining], remaining)
-        summary = pair_summary(optuna.load_study(study_name=name, storage=self.storage), self.job.model,
-                               self.job.domain)
+        summary = pair_summary(study, self.job.model, self.job.domain)  # the study reads trials from storage
         if summary["best_objective"]:
             from alphasweep.objectives import parse_objective, plot_weights
             from alphasweep.orchestrator.report import alpha_points, plot_score_vs_alpha
 
             client.set_tag(parent, "best_objective", summary["best_objective"])
             client.log_metric(parent, "best_score", summary["best_score"])
-            points = alpha_points(optuna.load_study(study_name=name, storage=self.storage))
+            points = alpha_points(study)
             tracking.log_png(client, parent, lambda p: plot_score_vs_alpha({name: points}, p), "score_vs_alpha.png")
             tracking.log_png(client, parent,
                              lambda p: plot_weights([parse_objective(o) for o in summary["scores"]], p), "weights.png")
@@ -293,13 +292,12 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
                           "pass --resume to continue it, or --extend N to add trials")
     summaries = []
-    for model, domain in cfg.pairs():
+    for (model, domain), finished in zip(cfg.pairs(), done, strict=True):
         job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
                       benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
                       storage_path=cfg.checkpoint_root(),
                       signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
-        done = len(finished_trials(storage, study_name(model.name, domain.name)))
-        budget = max(cfg.budget.trials_per_pair, done + extend) if extend else cfg.budget.trials_per_pair
+        budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
         summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
     del evaluator
     return summaries
