@@ -94,6 +94,15 @@ def test_same_seed_gives_the_same_loss_curve(ray_local, tmp_path, tiny_model, ad
     assert [h["loss"] for h in other] != [loss for _, loss in curves[0]]
 
 
+def test_a_run_starts_no_ray_data_actor(ray_local, tmp_path, tiny_model, addition_files):
+    """The loop reads its own files: Ray Data's per-run DatasetManager process would be pure start-up cost."""
+    from ray.util.state import list_actors
+
+    _fit(tmp_path, tiny_model, addition_files[0], "original", workers=1, steps=2, report_every=1)
+    classes = {a.class_name for a in list_actors(limit=1000)}
+    assert "RayTrainWorker" in classes and "DatasetManager" not in classes
+
+
 def test_threshold_objective_reports_selected_share(ray_local, tmp_path, addition_model, addition_files):
     history = _fit(tmp_path, addition_model, addition_files[0], "TopQuantileP-0.5", workers=1, steps=4,
                    report_every=2).return_value
