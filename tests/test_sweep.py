@@ -137,7 +137,8 @@ def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, t
 
     study = optuna.load_study(study_name="tiny/addition", storage=f"sqlite:///{tmp_path}/out/optuna.db")
     by_family = {t.params["family"]: t for t in study.trials if "skipped" not in t.user_attrs}
-    assert by_family["nll"].state == TrialState.COMPLETE and by_family["nll"].value is not None, (proc.stdout[-4000:], [(t.number, t.params, t.state) for t in study.trials])
+    states = [(t.number, t.params, t.state) for t in study.trials]
+    assert by_family["nll"].state == TrialState.COMPLETE and by_family["nll"].value is not None, states
     assert by_family["p"].state == TrialState.PRUNED and by_family["p"].value is None
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
 
