@@ -14,7 +14,6 @@ from ray.train.v2._internal.callbacks import DatasetsCallback
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.workers.loop import train_loop_per_worker
 
-
 # Ray Train settings that Train V2 passes from the process calling `fit` to its controller and workers.
 # The controller polls its workers every 2 s by default, and a worker's `ray.train.report` waits until the
 # controller has taken the previous report (a queue of one): a worker that reported every 1.5 s ran at
