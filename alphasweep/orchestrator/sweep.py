@@ -201,6 +201,7 @@ class PairRun:
         self.log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
                  + (f"; first: {', '.join(_point_name(p) for p in points)}" if points else ""))
         trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
+        # No actor reuse: killing the trial's actor is what ends the Train run of a trial that ASHA stops.
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,

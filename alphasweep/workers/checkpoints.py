@@ -14,8 +14,8 @@ import torch
 
 TRAINER_STATE = "trainer_state.pt"
 
-# `torch.distributed.checkpoint` is imported where it is used: importing it costs ~0.6 s of CPU, paid by
-# every process that unpickles the train function (Tune trial, Train controller, worker) before its first step.
+# `torch.distributed.checkpoint` is imported where it is used: importing it costs ~0.6 s of CPU, which the
+# Tune trial building the trainer and every worker would otherwise pay before the first training step.
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
