@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alphasweep.synthetic import TASKS, problems
@@ -33,15 +33,17 @@ _EXTRA_TEXT = (
     "The quick brown fox jumps over the lazy dog. Question: what is the answer? "
     "So the answer is $\\boxed{42}$. #### 7 (A) (B) (C) (D) (E) user assistant system"
 )
-_KIT_VERSION = 3  # bump when the recipe below changes, to invalidate cached bases
+_KIT_VERSION = 4  # bump when the recipe below changes, to invalidate cached bases
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 384) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with single-digit tokens, a chat template and BOS/EOS/PAD."""
+    """A byte-level BPE tokenizer with single-digit and single-letter tokens, a chat template and BOS/EOS/PAD."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence([  # every digit and letter a token of its own
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(Regex("[A-Za-z]"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     roles = ["<|system|>", "<|user|>", "<|assistant|>"]
     trainer = trainers.BpeTrainer(
@@ -62,14 +64,21 @@ def train_tokenizer(texts: list[str], vocab_size: int = 384) -> PreTrainedTokeni
     return fast
 
 
-def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 96, layers: int = 3) -> LlamaConfig:
+HEAD_DIM = 32  # vLLM's CPU attention supports head dims 32 and 64, not 24
+
+
+def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 128, layers: int = 3) -> LlamaConfig:
+    if hidden % HEAD_DIM:
+        raise ValueError(f"hidden={hidden}: must be a multiple of the head dimension {HEAD_DIM}")
+    heads = hidden // HEAD_DIM
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=hidden * 8 // 3 // 8 * 8,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=HEAD_DIM,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -78,21 +87,27 @@ def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 96, l
     )
 
 
-def _pretrain(model, tokenizer, lines: list[str], *, steps: int, batch_size: int, lr: float, seed: int) -> None:
-    """A plain NLL loop over `BOS line EOS` sequences: gives the base model its prior."""
+def _pretrain(model, tokenizer, rows: list[tuple[str, str]], *, steps: int, batch_size: int, lr: float,
+              warmup_steps: int, seed: int) -> None:
+    """NLL on the answer and EOS of `BOS prompt answer EOS` sequences: gives the base model its prior. The
+    prompts are random draws, so a loss on them would only add noise: without it the base learns addition
+    in about half the steps (docs/continuum-setting.md)."""
     gen = torch.Generator().manual_seed(seed)
-    encoded = [[*tokenizer.encode(line), tokenizer.eos_token_id] for line in lines]
+    encoded = [([*tokenizer.encode(p + a), tokenizer.eos_token_id], len(tokenizer.encode(p))) for p, a in rows]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model.train()
     for step in range(steps):
         idx = torch.randint(len(encoded), (batch_size,), generator=gen).tolist()
-        width = max(len(encoded[i]) for i in idx)
+        width = max(len(encoded[i][0]) for i in idx)
         ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, width), -100)
         for row, i in enumerate(idx):
-            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-        labels = ids.masked_fill(ids == tokenizer.pad_token_id, -100)
-        for g in opt.param_groups:  # cosine decay to 10%
-            g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            seq, answer_at = encoded[i]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, answer_at : len(seq)] = torch.tensor(seq[answer_at:])
+        for g in opt.param_groups:  # linear warm-up, cosine decay to 10%
+            g["lr"] = lr * min(1.0, (step + 1) / (warmup_steps + 1)) * (
+                0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id), labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -108,7 +123,8 @@ def build_base(
     steps: int = 0,
     batch_size: int = 64,
     lr: float = 3e-3,
-    hidden: int = 96,
+    warmup_steps: int = 0,
+    hidden: int = 128,
     layers: int = 3,
     seed: int = 0,
     rebuild: bool = False,
@@ -121,7 +137,7 @@ def build_base(
     """
     recipe = dict(
         version=_KIT_VERSION, pretrain_tasks=pretrain_tasks or {}, steps=steps, batch_size=batch_size,
-        lr=lr, hidden=hidden, layers=layers, seed=seed,
+        lr=lr, warmup_steps=warmup_steps, hidden=hidden, layers=layers, seed=seed,
         exclude=hashlib.sha256(json.dumps(exclude or {}, sort_keys=True).encode()).hexdigest(),
     )
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
@@ -136,9 +152,10 @@ def build_base(
     tokenizer = train_tokenizer(texts)
     model = LlamaForCausalLM(tiny_llama_config(tokenizer, hidden=hidden, layers=layers))
     if steps and pretrain_tasks:
-        lines = [p + a for task, n in pretrain_tasks.items()
-                 for p, a in problems(task, n, seed=seed, exclude=(exclude or {}).get(task, []))]
-        _pretrain(model, tokenizer, lines, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+        rows = [row for task, n in pretrain_tasks.items()
+                for row in problems(task, n, seed=seed, exclude=(exclude or {}).get(task, []))]
+        _pretrain(model, tokenizer, rows, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                  seed=seed)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
