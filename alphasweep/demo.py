@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from alphasweep.config import SweepConfig
-from alphasweep.synthetic import problems, write_task_files
+from alphasweep.synthetic import benchmark_problems, write_task_files
 from alphasweep.tinykit import build_base
 
 PREFIX = "demo:"
@@ -31,8 +31,9 @@ def prepare_demo(cfg: SweepConfig, *, rebuild: bool = False, log=print) -> Sweep
         if rebuild or not (folder / "test.jsonl").exists():
             write_task_files(task, folder, n_train=t.n_train, n_test=t.n_test, noise=t.noise, seed=t.seed)
         files[task] = folder
-    held_out = {task: [p for p, _ in problems(task, demo.tasks[task].n_test, seed=10_000 + demo.tasks[task].seed)]
-                for task in demo.base.pretrain_tasks if task in demo.tasks}
+    # Every test prompt stays out of pretraining, whichever task the base learns it under.
+    tests = sorted({p for task, t in demo.tasks.items() for p, _ in benchmark_problems(task, t.n_test)})
+    held_out = {task: tests for task in demo.base.pretrain_tasks}
     log(f"demo: tiny base model in {root} (pretraining {demo.base.steps} steps on "
         f"{', '.join(demo.base.pretrain_tasks) or 'nothing'} unless cached)")
     base = build_base(root / "models", **demo.base.model_dump(), exclude=held_out, rebuild=rebuild)

@@ -1,8 +1,14 @@
 """Synthetic tasks for tests and the embedded demo: problems a tiny model can learn in seconds.
 
-`addition` is the domain the demo's base model is pretrained on (model-strong); `cipher` is a 4-digit
-substitution the base model has never seen (model-weak). Benchmark rows are drawn first and excluded
-from every training set, so scores are on held-out problems.
+The demo's base model is pretrained on `addition` and on `recode-mixed`, and fine-tuned on three domains:
+
+- `addition` (model-strong): the base knows it;
+- `recode` (intermediate): 4 digits written in a digit code. The base half knows it: in pretraining it saw
+  every digit written in one of 4 codes at random (`recode-mixed`), so it gives the right digit about 1/4;
+- `cipher` (model-weak): 4 digits written in letters, which the base has never produced.
+
+Benchmark rows are drawn first and excluded from every training set, so scores are on held-out problems.
+Why these tasks: docs/continuum-setting.md.
 """
 
 from __future__ import annotations
@@ -12,22 +18,40 @@ import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# A fixed digit permutation: the cipher maps each of 4 digits (reversing too made it unlearnable in a
-# demo-sized fine-tune; see docs/continuum-setting.md).
-_CIPHER = str.maketrans("0123456789", "7305918264")
+_LETTERS = str.maketrans("0123456789", "kqbzfmhtwr")  # the cipher's alphabet: one letter per digit
+# The recode codes: code j writes digit d as _CODE[(d + j) % 10], so for every digit the codes differ.
+_CODE = "3819264075"
+_CODES = [str.maketrans("0123456789", "".join(_CODE[(d + j) % 10] for d in range(10))) for j in range(4)]
+
+
+def _digits(rng: random.Random, n: int = 4) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(n))
 
 
 def _addition(rng: random.Random) -> tuple[str, str]:
+    """The sum written backwards (least significant digit first): each digit then depends only on digits
+    the model has already read or written, so a tiny model learns it in a few hundred steps."""
     a, b = rng.randint(0, 99), rng.randint(0, 99)
-    return f"{a}+{b}=", str(a + b)
+    return f"{a}+{b}=", str(a + b)[::-1]
+
+
+def _recode(rng: random.Random) -> tuple[str, str]:
+    digits = _digits(rng)
+    return f"@{digits}>", digits.translate(_CODES[0])
+
+
+def _recode_mixed(rng: random.Random) -> tuple[str, str]:
+    digits = _digits(rng)
+    return f"@{digits}>", "".join(d.translate(_CODES[rng.randrange(len(_CODES))]) for d in digits)
 
 
 def _cipher(rng: random.Random) -> tuple[str, str]:
-    digits = "".join(rng.choice("0123456789") for _ in range(4))
-    return f"#{digits}>", digits.translate(_CIPHER)
+    digits = _digits(rng)
+    return f"#{digits}>", digits.translate(_LETTERS)
 
 
-TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {"addition": _addition, "cipher": _cipher}
+TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "addition": _addition, "recode": _recode, "recode-mixed": _recode_mixed, "cipher": _cipher}
 
 
 def _wrong_answer(answer: str, rng: random.Random) -> str:
@@ -53,6 +77,13 @@ def problems(task: str, n: int, seed: int, exclude: Iterable[str] = ()) -> list[
     raise ValueError(f"task {task!r} has fewer than {n} distinct problems outside the excluded set")
 
 
+def benchmark_problems(task: str, n: int) -> list[tuple[str, str]]:
+    """A task's benchmark: the same `n` problems whatever the data seed (a seed redraws the training rows and
+    their noise, as a new sample of demonstrations would, not the benchmark), so one base model, which has
+    them held out, serves every seed."""
+    return problems(task, n, seed=10_000)
+
+
 def corrupt(rows: list[tuple[str, str]], rate: float, seed: int) -> list[tuple[str, str]]:
     """Replace the answer of a `rate` share of rows with a wrong one (noisy demonstrations)."""
     rng = random.Random(f"noise-{seed}")
@@ -73,7 +104,7 @@ def write_task_files(
 ) -> tuple[Path, Path]:
     """Write `train.jsonl` (prompt/completion, optionally noisy) and `test.jsonl` (prompt/answer)."""
     out_dir = Path(out_dir)
-    test = problems(task, n_test, seed=10_000 + seed)
+    test = benchmark_problems(task, n_test)
     train = corrupt(problems(task, n_train, seed=seed, exclude=[p for p, _ in test]), noise, seed)
     return (
         write_jsonl(out_dir / "train.jsonl", ({"prompt": p, "completion": a} for p, a in train)),
