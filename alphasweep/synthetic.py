@@ -58,7 +58,7 @@ def _wrong_answer(answer: str, rng: random.Random) -> str:
     """A plausible-looking but wrong answer of the same length (a corrupted demonstration)."""
     while True:
         wrong = "".join(rng.choice("0123456789") for _ in answer)
-        if wrong != answer and (len(wrong) == 1 or wrong[0] != "0"):
+        if wrong != answer and (len(wrong) == 1 or wrong[-1] != "0"):  # sums are written backwards
             return wrong
 
 

@@ -67,7 +67,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 384) -> PreTrainedTokeni
 HEAD_DIM = 32  # vLLM's CPU attention supports head dims 32 and 64, not 24
 
 
-def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 128, layers: int = 3) -> LlamaConfig:
+def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, *, hidden: int = 64, layers: int = 3) -> LlamaConfig:
     if hidden % HEAD_DIM:
         raise ValueError(f"hidden={hidden}: must be a multiple of the head dimension {HEAD_DIM}")
     heads = hidden // HEAD_DIM
@@ -124,7 +124,7 @@ def build_base(
     batch_size: int = 64,
     lr: float = 3e-3,
     warmup_steps: int = 0,
-    hidden: int = 128,
+    hidden: int = 64,
     layers: int = 3,
     seed: int = 0,
     rebuild: bool = False,
