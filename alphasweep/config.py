@@ -188,11 +188,12 @@ class StorageSpec(_Strict):
 class DemoBase(_Strict):
     """How the demo's tiny base model is built (see tinykit.build_base)."""
 
-    pretrain_tasks: dict[str, int] = Field(default_factory=lambda: {"addition": 3000})
-    steps: int = Field(600, ge=0)
+    pretrain_tasks: dict[str, int] = Field(default_factory=lambda: {"addition": 9000, "recode-mixed": 3000})
+    steps: int = Field(2500, ge=0)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    hidden: int = Field(96, ge=8)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    hidden: int = Field(64, ge=32, multiple_of=32)  # a multiple of tinykit.HEAD_DIM
     layers: int = Field(3, ge=1)
     seed: int = 0
 
@@ -203,7 +204,7 @@ class DemoTask(_Strict):
     n_train: int = Field(2000, ge=1)
     n_test: int = Field(200, ge=1)
     noise: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
+    seed: int = 0  # draws the training rows and their noise; the test set is the same for every seed
 
 
 class DemoSpec(_Strict):
