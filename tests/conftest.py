@@ -12,8 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-from alphasweep.synthetic import problems, write_task_files
+from alphasweep.config import SweepConfig, load_config
+from alphasweep.demo import prepare_demo
+from alphasweep.synthetic import write_task_files
 from alphasweep.tinykit import build_base
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 # One torch thread per test process: several threads per process on 2 shared cores run ~15x slower.
 torch.set_num_threads(1)
@@ -37,10 +41,27 @@ def addition_files(kit_dir) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def addition_model(kit_dir) -> Path:
-    """A tiny base pretrained on addition (its test problems held out): the 'fine-tuned twin' (~70%)."""
-    held_out = [p for p, _ in problems("addition", 64, seed=10_000)]
-    return build_base(kit_dir, pretrain_tasks={"addition": 3000}, exclude={"addition": held_out}, steps=600)
+def demo_kit(kit_dir) -> SweepConfig:
+    """The embedded demo's base model and data, built as `alphasweep sweep` builds them, with every `demo:`
+    path resolved. Built in $ALPHASWEEP_CACHE when set (as the demo does: a cached base is reused), else in
+    kit_dir/demo; test_continuum's sweep uses the same directory. A cached base is only valid for the numeric
+    path (ATEN_CPU_CAPABILITY) it was built on: its key cannot see the path."""
+    cache = os.environ.get("ALPHASWEEP_CACHE") or kit_dir / "demo"
+    return prepare_demo(load_config(DEMO, [f"demo.cache_dir={cache}"]), log=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def addition_model(demo_kit) -> Path:
+    """The demo's base: pretrained on addition to a plateau, with the demo's test problems held out (which
+    include `addition_files`' test rows), so it solves most held-out sums on every numeric path."""
+    return Path(demo_kit.models[0].path)
+
+
+@pytest.fixture(scope="session")
+def recode_files(demo_kit) -> tuple[Path, Path]:
+    """(train.jsonl, test.jsonl) of the demo's intermediate domain: the base gives its targets ~0.25 each."""
+    spec = next(d for d in demo_kit.domains if d.name == "recode")
+    return Path(spec.train.path), Path(spec.benchmarks[0].path)
 
 
 @pytest.fixture(scope="session")

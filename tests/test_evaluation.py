@@ -21,8 +21,6 @@ from alphasweep.evaluation.actor import Evaluator, evaluate_with_timeout, get_ev
 from alphasweep.evaluation.backends import encode_prompt, resolve_checkpoint
 from alphasweep.evaluation.benchmarks import benchmark_from_string, load_benchmark
 from alphasweep.evaluation.runner import format_table, run_eval
-from alphasweep.synthetic import problems
-from alphasweep.tinykit import build_base
 
 CFG = dict(backend="hf", max_new_tokens=5, batch_size=32)
 
@@ -52,13 +50,10 @@ def ray_mod():
 
 
 @pytest.fixture(scope="module")
-def finetuned_model(kit_dir) -> Path:
-    """The tiny base trained on addition (test problems held out) long enough to solve most of them.
-
-    conftest's `addition_model` (300 steps) gets ~6% of the held-out problems right; 600 steps give ~70%.
-    """
-    held_out = [p for p, _ in problems("addition", 64, seed=10_000)]  # = the test.jsonl rows
-    return build_base(kit_dir, pretrain_tasks={"addition": 3000}, exclude={"addition": held_out}, steps=600)
+def finetuned_model(addition_model) -> Path:
+    """The trained twin of `tiny_model`: conftest's `addition_model`, the demo's base pretrained on addition to
+    a plateau with the test problems held out (same tokenizer, same architecture)."""
+    return addition_model
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +263,7 @@ def test_run_eval_writes_records_and_table(tmp_path, finetuned_model, addition_f
 # ---------------------------------------------------------------- vLLM backend plumbing (no GPU)
 
 _STUB_VLLM = '''
-"""A stand-in for vllm's offline API: answers the addition prompts it is given as token ids."""
+"""A stand-in for vllm's offline API: answers the addition prompts it is given as token ids (sums backwards)."""
 import os
 from transformers import AutoTokenizer
 
@@ -299,7 +294,7 @@ class LLM:
         outs = []
         for p in prompts:
             a, b = self.tok.decode(p["prompt_token_ids"], skip_special_tokens=True).rstrip("=").split("+")
-            outs.append(_Output([_Completion(str(int(a) + int(b))) for _ in range(params.kw["n"])]))
+            outs.append(_Output([_Completion(str(int(a) + int(b))[::-1]) for _ in range(params.kw["n"])]))
         return outs
 '''
 

@@ -15,11 +15,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.evaluation.actor import Evaluator
-from alphasweep.tinykit import build_base
 from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
 
-def _fit(tmp_path, model, data, objective="GeneralFamily-8", heldout=32, signal=None, **train):
+def _fit(tmp_path, model, data, objective="p", heldout=32, signal=None, **train):
     settings = dict(steps=24, batch_size=16, learning_rate=2e-3, max_length=32, workers=2, report_every=4,
                     eval_every=8, warmup_steps=2)
     settings.update(train)
@@ -30,19 +29,14 @@ def _fit(tmp_path, model, data, objective="GeneralFamily-8", heldout=32, signal=
     return trainer.fit()
 
 
-@pytest.fixture(scope="module")
-def half_trained_model(kit_dir):
-    """Pretrained briefly on addition (mean p ~0.4): GeneralFamily-8's weight p^8 is neither ~0 nor ~1."""
-    return build_base(kit_dir, pretrain_tasks={"addition": 3000}, steps=300)
-
-
-def test_ddp_training_lowers_loss_and_checkpoint_generates(ray_local, tmp_path, half_trained_model, addition_files):
-    result = _fit(tmp_path, half_trained_model, addition_files[0])
+def test_ddp_training_lowers_loss_and_checkpoint_generates(ray_local, tmp_path, addition_model, recode_files):
+    """`p` on the demo's intermediate domain, where the base gives each target ~0.25: a loss with room to fall."""
+    result = _fit(tmp_path, addition_model, recode_files[0])
     history = result.return_value
     assert [h["step"] for h in history][-1] == 24
     assert history[-1]["loss"] < history[0]["loss"]
     heldout = [h["heldout_nll"] for h in history if "heldout_nll" in h]
-    assert len(heldout) == 3 and all(0 < v < 20 for v in heldout)  # GeneralFamily-8 need not lower NLL
+    assert len(heldout) == 3 and all(0 < v < 20 for v in heldout)
     assert 0 < history[-1]["mean_p"] <= 1 and history[-1]["selected_share"] == 1.0
     path = final_checkpoint_path(result)
     assert (Path(path) / "trainer_state.pt").exists()
@@ -52,11 +46,11 @@ def test_ddp_training_lowers_loss_and_checkpoint_generates(ray_local, tmp_path, 
     assert out.shape[1] > len(tok("12+34=")["input_ids"])
 
 
-def test_fsdp_follows_the_ddp_loss_curve_and_saves_a_full_checkpoint(ray_local, tmp_path, half_trained_model,
-                                                                     addition_files):
+def test_fsdp_follows_the_ddp_loss_curve_and_saves_a_full_checkpoint(ray_local, tmp_path, addition_model,
+                                                                     recode_files):
     """FSDP2 on 2 CPU workers (gloo), with gradient accumulation and an odd held-out set (the ranks' shards
     differ in size): same seed, same data order, so the curve is DDP's up to float reduction order."""
-    runs = {strategy: _fit(tmp_path, half_trained_model, addition_files[0], heldout=33, strategy=strategy,
+    runs = {strategy: _fit(tmp_path, addition_model, recode_files[0], heldout=33, strategy=strategy,
                            micro_batch_size=4, steps=12)
             for strategy in ("ddp", "fsdp")}
     curves = {k: [(h["step"], h["loss"], h.get("heldout_nll")) for h in r.return_value] for k, r in runs.items()}
