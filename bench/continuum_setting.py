@@ -1,442 +1,248 @@
-"""Which laptop-scale setting makes the embedded demo show the model-capability continuum, robustly?
+"""Which setting makes the embedded demo show the three regimes on every numeric path, in every seed?
 
-Li et al. (arXiv 2510.00526): prior-leaning objectives (`p` = GeneralFamily-1, large alpha, top cuts) win
-where the base model already knows the domain (model-strong); NLL wins where it does not (model-weak).
-This study reproduces both ends with a tiny Llama from `alphasweep.tinykit`:
+A setting is a list of `--set` overrides on `configs/demo.yaml`. For each setting, seed and numeric path
+(a cell) this study builds the demo exactly as `alphasweep sweep` does (`demo.prepare_demo`: the tiny base
+and the synthetic files), probes each pair with `alphasweep.probe`, fine-tunes the base with each objective
+in a plain loop that mirrors the Ray Train worker with one worker (`alphasweep.data`, `objective_loss`, the
+worker's schedule and data order) and scores it with the real `Evaluator` (hf backend). So a number here is
+what a sweep trial gets, without the minutes of Ray start-up per trial.
 
-- strong pair: a base pretrained on `addition`, fine-tuned on addition demonstrations of which a share is
-  noisy, scored by greedy exact match on clean held-out problems;
-- weak pair: the same base fine-tuned on a clean digit-substitution task it has never seen (`subst4`, a
-  4-digit variant of synthetic's `cipher`: the tinykit Llama cannot learn the reversed 3-5 digit cipher in
-  300 steps at a learning rate the strong pair tolerates).
+Numeric paths: PyTorch picks its CPU kernels once, at import, from `ATEN_CPU_CAPABILITY` (unset: the best
+the CPU has; `avx2`; `default`), and each path gives different but run-to-run identical weights. So every
+cell runs in its own process, and each path has its own cache directory (a base's cache key cannot see the
+path it was trained on). Seed s sets every `demo.tasks.*.seed` (training rows, noise) and `train.seed`
+(data order): the base is one model per path, as the paper's seeds are training seeds on one model.
 
-For each setting and seed it builds the base (cached), probes it (mean target probability of the SFT
-completion tokens), fine-tunes it with each objective (the SFT loop of `alphasweep.workers.loop`, without
-Ray: AdamW betas (0.9, 0.95), cosine schedule with warm-up down to 10%, grad clip 1, loss on completion
-tokens only) and prints accuracy mean +- std over seeds, the per-seed gaps, and whether the targets hold:
+    .venv/bin/python bench/continuum_setting.py                         # the chosen setting, 3 seeds x 3 paths
+    .venv/bin/python bench/continuum_setting.py --settings a b --seeds 0 --paths native
+    .venv/bin/python bench/continuum_setting.py --list
 
-    strong: best objective prior-leaning (alpha >= 1 or a top cut) and p - NLL >= 5 points in every seed
-    weak:   best objective NLL or alpha <= 0.25            and NLL - p >= 5 points in every seed
-
-Seed s sets the base's pretraining seed, the test and SFT problems, the noise draws and the SFT data order.
-
-    .venv/bin/python bench/continuum_setting.py                      # single-lr and chosen, 5 objectives, 3 seeds
-    .venv/bin/python bench/continuum_setting.py --grid screen        # the screening grid (NLL and p only)
-    .venv/bin/python bench/continuum_setting.py --list               # names of the settings
-
-Two worker processes with one thread each; results are cached in --work (a JSONL line per fine-tune, keyed
-by the numbers that touch the pair), so an interrupted run resumes and a second call only prints. A fresh
-default run: 3 bases (~75 s each) and 48 fine-tunes (~5.5 s each), about 5 minutes on two idle cores.
+Results are cached in --work (one JSON line per fine-tune, keyed by everything that determines it), so an
+interrupted study resumes and a second call only prints. Two cells run at a time, one torch thread each.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import math
 import os
-import random
 import statistics
+import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-import torch
+from robustness import PATHS, REGIMES, check_pair  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from alphasweep import synthetic  # noqa: E402
-from alphasweep.tinykit import build_base  # noqa: E402
+DEMO = ROOT / "configs" / "demo.yaml"
+OBJECTIVES = ["original", "GeneralFamily-0.25", "GeneralFamily-0.5", "p", "GeneralFamily-4", "OnlyTopLogP-0.5"]
 
-OBJECTIVES = ["original", "GeneralFamily-0.25", "p", "GeneralFamily-4", "OnlyTopLogP-0.5"]
-SCREEN_OBJECTIVES = ["original", "p"]
-PRIOR_LEANING = {"p", "GeneralFamily-1", "GeneralFamily-4", "OnlyTopLogP-0.5", "OnlyTopP-0.5"}
-DATA_AVERSE = {"original", "GeneralFamily-0.25"}
-
-
-# ---------------------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    # base model (tinykit.build_base): pretrained with NLL on `base_problems` distinct addition lines
-    base_problems: int = 3000
-    base_steps: int = 300
-    base_batch: int = 64
-    base_lr: float = 3e-3
-    hidden: int = 96
-    layers: int = 3
-    # SFT data
-    n_train: int = 2000  # strong pair (addition) demonstrations
-    noise_kind: str = "wrong"  # see NOISE
-    noise: float = 0.5  # share of noisy addition demonstrations
-    weak_task: str = "cipher"  # synthetic's cipher, or a prototype in WEAK_TASKS
-    n_train_weak: int = 2000  # weak pair demonstrations (clean)
-    n_test: int = 200  # per pair; held-out, clean, excluded from pretraining and SFT
-    # SFT (a sweep config's `train:` block; lr_weak stands for a domain's `train_overrides`)
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 3e-3
-    lr_weak: float | None = None  # None: `lr` for both pairs; else the weak pair's own (a per-domain lr)
-    warmup: int = 10
-    min_lr_ratio: float = 0.1
-    max_length: int = 32
-    max_new_tokens: int = 8
-
-    def base_recipe(self) -> tuple:
-        return (self.base_problems, self.base_steps, self.base_batch, self.base_lr, self.hidden, self.layers)
-
-
-# the issue's prototype recipe (a GPT there; +7.3, +6.4, +2.0 strong, +74, +95, +49 weak) on tinykit's Llama
-PROTOTYPE = Setting("prototype")
-# the working point found by hand (docs/continuum-setting.md), then screened one knob at a time
-POINT = replace(PROTOTYPE, name="point", base_problems=9000, base_steps=1000, n_train=300, lr=1e-3,
-                weak_task="subst4")
-SCREEN = [
-    POINT,
-    replace(POINT, name="noise0.3", noise=0.3),
-    replace(POINT, name="noise0.7", noise=0.7),
-    replace(POINT, name="train600", n_train=600),
-    replace(POINT, name="lr2e-3", lr=2e-3),
-    replace(POINT, name="steps150", steps=150),
-    replace(POINT, name="base600", base_steps=600),
-    replace(POINT, name="base3000p", base_problems=3000),
-    # round 2: knobs that might keep `p` away from its collapse (seen at lr 2e-3, noise 0.7, 600 rows)
-    replace(POINT, name="warmup30", warmup=30),
-    replace(POINT, name="lr7e-4", lr=7e-4),
-    replace(POINT, name="base1500", base_steps=1500),
-]
-# one lr for both pairs: passes, but GeneralFamily-4 and the top cut collapse on the strong pair
-SINGLE_LR = replace(POINT, name="single-lr")
-# the pick: lr 3e-4 on the strong pair keeps every prior-leaning objective in its basin, the weak pair
-# keeps 1e-3 (it learns nothing at <= 5e-4); in a sweep config: the strong domain's train_overrides
-CHOSEN = replace(POINT, name="chosen", lr=3e-4, lr_weak=1e-3)
-SETTINGS = {s.name: s for s in [PROTOTYPE, *SCREEN, SINGLE_LR, CHOSEN]}
-
-
-# ------------------------------------------------------------------------------------------------- data
-def _no_carry(prompt: str) -> str:
-    """`a+b=` answered column by column without carrying: the classic systematic slip (57+68 -> 15)."""
-    a, b = prompt.rstrip("=").split("+")
-    a, b = a.zfill(2), b.zfill(2)
-    return str(int("".join(str((int(x) + int(y)) % 10) for x, y in zip(a, b))))
-
-
-def corrupt_no_carry(rows: list[tuple[str, str]], rate: float, seed: int) -> list[tuple[str, str]]:
-    """Answer a `rate` share of rows without carrying; rows with no carry stay correct."""
-    rng = random.Random(f"nocarry-{seed}")
-    return [(p, _no_carry(p) if rng.random() < rate else a) for p, a in rows]
-
-
-NOISE = {
-    "wrong": synthetic.corrupt,  # a random wrong answer of the same length: the base finds it implausible
-    "nocarry": corrupt_no_carry,  # a consistent, human-like slip (prototype; not in synthetic.py)
+# Settings: overrides on configs/demo.yaml (see docs/continuum-setting.md for what each one taught).
+SETTINGS: dict[str, list[str]] = {
+    "chosen": [],
+    "smoke": ["demo.base.steps=50", "train.steps=20"],
 }
 
-_SUBST = str.maketrans("0123456789", "7305918264")  # synthetic._CIPHER
+
+# ------------------------------------------------------------------------------------------ one cell
+def seed_overrides(cfg_raw: dict, seed: int) -> list[str]:
+    """The `--set` overrides that move a demo config to seed `seed` (every task's data, the training order)."""
+    return [f"train.seed={seed}", *(f"demo.tasks.{task}.seed={seed}" for task in cfg_raw["demo"]["tasks"])]
 
 
-def _cipher4(rng: random.Random) -> tuple[str, str]:
-    digits = "".join(rng.choice("0123456789") for _ in range(4))
-    return f"#{digits}>", digits.translate(_SUBST)[::-1]
+def _key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _subst(rng: random.Random) -> tuple[str, str]:
-    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 5)))
-    return f"#{digits}>", digits.translate(_SUBST)
+def fine_tune(base: str, data, tc, objective_name: str):
+    """The Ray Train worker's loop with one worker: same seeding, data split and order, optimizer, schedule,
+    clipping and loss, so the weights are the ones a sweep trial trains (one torch thread)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from alphasweep.data import collate, load_sft_data
+    from alphasweep.objectives import objective_loss, parse_objective
+    from alphasweep.workers.loop import _batches, cosine_with_warmup, seed_everything
 
-def _subst4(rng: random.Random) -> tuple[str, str]:
-    digits = "".join(rng.choice("0123456789") for _ in range(4))
-    return f"#{digits}>", digits.translate(_SUBST)
-
-
-WEAK_TASKS = {"cipher4": _cipher4, "subst": _subst, "subst4": _subst4}  # prototypes; "cipher" is synthetic's
-
-
-def problems(task: str, n: int, seed: int, exclude=()) -> list[tuple[str, str]]:
-    """synthetic.problems, extended with the prototype tasks above (same drawing rule)."""
-    if task in synthetic.TASKS:
-        return synthetic.problems(task, n, seed, exclude)
-    rng, seen, out = random.Random(f"{task}-{seed}"), set(exclude), []
-    while len(out) < n:
-        prompt, answer = WEAK_TASKS[task](rng)
-        if prompt not in seen:
-            seen.add(prompt)
-            out.append((prompt, answer))
-    return out
-
-
-def pair_data(setting: Setting, pair: str, seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(train rows, clean test rows) of a pair, drawn as `synthetic.write_task_files` does."""
-    task = "addition" if pair == "strong" else setting.weak_task
-    test = problems(task, setting.n_test, seed=10_000 + seed)
-    n_train = setting.n_train if pair == "strong" else setting.n_train_weak
-    train = problems(task, n_train, seed=seed, exclude=[p for p, _ in test])
-    if pair == "strong" and setting.noise:
-        train = NOISE[setting.noise_kind](train, setting.noise, seed)
-    return train, test
-
-
-def base_path(setting: Setting, seed: int, work: Path) -> Path:
-    held_out = [p for p, _ in synthetic.problems("addition", setting.n_test, seed=10_000 + seed)]
-    return build_base(work / "bases", pretrain_tasks={"addition": setting.base_problems},
-                      exclude={"addition": held_out}, steps=setting.base_steps, batch_size=setting.base_batch,
-                      lr=setting.base_lr, hidden=setting.hidden, layers=setting.layers, seed=seed)
-
-
-def encode(tok, rows, max_length: int) -> list[tuple[list[int], list[bool]]]:
-    """`BOS prompt completion EOS`, loss on completion + EOS (as alphasweep.data, prompt_completion)."""
-    out = []
-    for prompt, completion in rows:
-        p = tok(prompt)["input_ids"]
-        c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        out.append(((p + c)[:max_length], ([False] * len(p) + [True] * len(c))[:max_length]))
-    return out
-
-
-def collate(examples, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; `labels[t]` is the token after t, aligned with the full logits (as alphasweep.data)."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.bool)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (x, m) in enumerate(examples):
-        ids[row, : len(x)], mask[row, : len(x)], attention[row, : len(x)] = torch.tensor(x), torch.tensor(m), 1
-    labels, loss_mask = torch.full_like(ids, pad_id), torch.zeros_like(mask)
-    labels[:, :-1], loss_mask[:, :-1] = ids[:, 1:], mask[:, 1:]
-    return {"input_ids": ids, "attention_mask": attention, "labels": labels, "loss_mask": loss_mask}
-
-
-# ------------------------------------------------------------------------------------------- objectives
-def loss_fn(name: str):
-    """alphasweep.objectives when importable, else the f_alpha family inline (mean over completion tokens)."""
-    try:
-        from alphasweep.objectives import objective_loss, parse_objective
-
-        objective = parse_objective(name)
-        return lambda logits, labels, mask: objective_loss(logits, labels, mask, objective)
-    except Exception:  # noqa: BLE001 — module being written by someone else
-        plain = {"original": 0.0, "p": 1.0}  # GeneralFamily-<a> only; thresholds need the module
-        alpha = plain[name] if name in plain else float(name.split("-")[1])
-
-        def inline(logits, labels, mask):
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1)[mask]
-            return (-logp if alpha == 0 else -torch.expm1(alpha * logp) / alpha).mean()
-
-        return inline
-
-
-# -------------------------------------------------------------------------------------- train and eval
-def fine_tune(model, tok, rows, setting: Setting, objective: str, seed: int, lr: float | None = None) -> None:
-    torch.manual_seed(seed)
-    lr = lr or setting.lr
-    loss_of = loss_fn(objective)
-    examples = encode(tok, rows, setting.max_length)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
-
-    def factor(step: int) -> float:  # alphasweep.workers.loop.cosine_with_warmup
-        if step < setting.warmup:
-            return (step + 1) / (setting.warmup + 1)
-        progress = min((step - setting.warmup) / max(1, setting.steps - setting.warmup), 1.0)
-        return setting.min_lr_ratio + (1 - setting.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    order: list[int] = []
-    epoch = 0
+    objective = parse_objective(objective_name)
+    seed_everything(tc.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    rows = load_sft_data(data, tokenizer, tc.max_length, seed=tc.seed).train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay,
+                                  betas=(0.9, 0.95))
+    scheduler = cosine_with_warmup(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+    batches = _batches(rows, tc.batch_size, tc.seed, 0, 1)
     model.train()
-    for _ in range(setting.steps):
-        if len(order) < setting.batch_size:  # a fresh permutation per epoch (as the worker loop)
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            order, epoch = torch.randperm(len(examples), generator=g).tolist(), epoch + 1
-        batch = collate([examples[i] for i in order[: setting.batch_size]], tok.pad_token_id)
-        order = order[setting.batch_size :]
+    for _ in range(tc.steps):
+        batch = collate(next(batches), tokenizer.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        assert logits.shape[:2] == batch["labels"].shape, "labels must align with the full logits"
-        loss = loss_of(logits, batch["labels"], batch["loss_mask"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        objective_loss(logits, batch["labels"], batch["loss_mask"], objective).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
     model.eval()
+    return model, tokenizer
 
 
-@torch.no_grad()
-def accuracy(model, tok, test, max_new_tokens: int, batch_size: int = 256) -> float:
-    """Greedy exact match. Prompts are grouped by token length, so no padding is needed and the decode is
-    exactly what a left-padded `generate` gives; full re-forward per new token (sequences are < 16 tokens)."""
-    model.eval()
-    groups: dict[int, list[int]] = {}
-    encoded = [tok(p)["input_ids"] for p, _ in test]
-    for i, ids in enumerate(encoded):
-        groups.setdefault(len(ids), []).append(i)
-    correct = 0
-    for idx in groups.values():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            ids = torch.tensor([encoded[i] for i in chunk])
-            done = torch.zeros(len(chunk), dtype=torch.bool)
-            new = []
-            for _ in range(max_new_tokens):
-                nxt = model(input_ids=ids).logits[:, -1].argmax(-1)
-                nxt = torch.where(done, torch.full_like(nxt, tok.eos_token_id), nxt)
-                new.append(nxt)
-                done |= nxt == tok.eos_token_id
-                ids = torch.cat([ids, nxt[:, None]], 1)
-                if done.all():
-                    break
-            out = torch.stack(new, 1).tolist()
-            for row, i in zip(out, chunk):
-                row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
-                correct += tok.decode(row, skip_special_tokens=True).strip() == test[i][1]
-    return 100.0 * correct / len(test)
+def run_cell(spec: dict) -> None:
+    """Build the demo for one (setting, seed, path), then probe, score the base and fine-tune every objective."""
+    import torch
 
-
-@torch.no_grad()
-def probe(model, tok, rows, sample: int = 256) -> float:
-    """Mean target probability of the base on SFT completion tokens (as alphasweep.probe)."""
-    batch = collate(encode(tok, rows[:sample], 64), tok.pad_token_id)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logp = torch.log_softmax(logits, -1).gather(-1, batch["labels"][..., None]).squeeze(-1)
-    return float(logp[batch["loss_mask"]].exp().mean())
-
-
-# ------------------------------------------------------------------------------------------------- jobs
-_ONLY = {"strong": {"weak_task", "n_train_weak", "lr_weak"}, "weak": {"n_train", "noise_kind", "noise", "lr_weak"}}
-
-
-def pair_lr(setting: Setting, pair: str) -> float:
-    return setting.lr_weak if pair == "weak" and setting.lr_weak else setting.lr
-
-
-def _job_key(job: dict) -> str:
-    """What determines a result: the setting's numbers that touch the pair (not its name), seed, objective."""
-    setting = {k: v for k, v in job["setting"].items() if k != "name" and k not in _ONLY[job["pair"]]}
-    setting["lr"] = pair_lr(Setting(**job["setting"]), job["pair"])
-    return json.dumps({"setting": setting, **{k: job[k] for k in ("seed", "pair", "objective")}}, sort_keys=True)
-
-
-def run_job(job: dict) -> dict:
-    """One fine-tune + eval (objective None: the base itself, with the probe)."""
     torch.set_num_threads(1)
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from alphasweep.config import load_config
+    from alphasweep.demo import prepare_demo
+    from alphasweep.evaluation.actor import Evaluator
+    from alphasweep.probe import probe_capability
 
-    setting, seed, pair, objective = Setting(**job["setting"]), job["seed"], job["pair"], job["objective"]
-    path = base_path(setting, seed, Path(job["work"]))
-    tok = AutoTokenizer.from_pretrained(path)
-    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-    train, test = pair_data(setting, pair, seed)
-    result = {**job, "train_s": 0.0}
+    raw_cfg = load_config(DEMO, spec["overrides"])
+    overrides = [*spec["overrides"], *seed_overrides(raw_cfg.model_dump(), spec["seed"]),
+                 f"demo.cache_dir={spec['cache']}"]
+    raw_cfg = load_config(DEMO, overrides)
     t0 = time.perf_counter()
-    if objective is None:
-        result["probe_mean_p"] = probe(model, tok, train)
-    else:
-        fine_tune(model, tok, train, setting, objective, seed, lr=pair_lr(setting, pair))
-    t1 = time.perf_counter()
-    result["train_s"] = round(t1 - t0, 2) if objective else 0.0
-    result["accuracy"] = accuracy(model, tok, test, setting.max_new_tokens)
-    result["eval_s"] = round(time.perf_counter() - t1, 2)
-    return result
+    cfg = prepare_demo(raw_cfg, log=lambda msg: None)
+    base_s = time.perf_counter() - t0
+    base = cfg.models[0].path
+    evaluator = Evaluator(cfg.eval.model_copy(update={"backend": "hf"}), log=None)
+    out = Path(spec["out"])
+    known = {}  # results of any setting, by key: a pair that a setting leaves as it was is not rerun
+    for f in out.parent.glob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            known[row["key"]] = row
+    mine = {json.loads(line)["key"] for line in out.read_text().splitlines()} if out.exists() else set()
+    for raw_domain, domain in zip(raw_cfg.domains, cfg.domains, strict=True):
+        if spec["domains"] and domain.name not in spec["domains"]:
+            continue
+        tc = cfg.train_for(domain)
+        common = dict(base=raw_cfg.demo.base.model_dump(), tasks={k: v.model_dump() for k, v in raw_cfg.demo.tasks.items()},
+                      domain=raw_domain.model_dump(), train=tc.model_dump(), eval=cfg.eval.model_dump(),
+                      path=spec["path"])
+        for objective in [None, *spec["objectives"]]:
+            key = _key(**common, objective=objective)
+            if key in mine:
+                continue
+            if key in known:
+                with out.open("a") as f:
+                    f.write(json.dumps({**known[key], "setting": spec["setting"]}) + "\n")
+                continue
+            row = {"key": key, "setting": spec["setting"], "seed": spec["seed"], "path": spec["path"],
+                   "domain": domain.name, "objective": objective or "base"}
+            t1 = time.perf_counter()
+            if objective is None:
+                probe = probe_capability(base, domain.train, max_length=tc.max_length, seed=tc.seed)
+                row.update(probe_mean_p=probe.mean_p, continuum=probe.continuum, base_s=round(base_s, 1))
+                model, tokenizer = None, None
+                result = evaluator.evaluate(base, domain.benchmarks)
+            else:
+                model, tokenizer = fine_tune(base, domain.train, tc, objective)
+                row["train_s"] = round(time.perf_counter() - t1, 1)
+                result = evaluator.evaluate_model(model, tokenizer, domain.benchmarks)
+            row["accuracy"] = 100 * result["mean_score"]
+            row["eval_s"] = round(result["seconds"], 1)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{spec['setting']:>14} seed {spec['seed']} {spec['path']:>7} {domain.name:>15} "
+                  f"{row['objective']:>18}: {row['accuracy']:5.1f}"
+                  + (f"  probe {row['probe_mean_p']:.3f}" if objective is None else f"  ({row['train_s']:.0f} s)"),
+                  flush=True)
 
 
-def _build_base_job(args) -> str:
-    torch.set_num_threads(1)
-    setting, seed, work = args
-    t0 = time.perf_counter()
-    path = base_path(Setting(**setting), seed, Path(work))
-    return f"{path.name} ({time.perf_counter() - t0:.0f} s)"
+# ------------------------------------------------------------------------------------------- driver
+def run_all(settings: list[str], seeds: list[int], paths: list[str], objectives: list[str], domains: list[str],
+            work: Path, parallel: int) -> list[dict]:
+    """Every cell in its own process (the numeric path is fixed at torch import), `parallel` at a time."""
+    (work / "cells").mkdir(parents=True, exist_ok=True)
+    specs = []
+    for name in settings:
+        for seed in seeds:
+            for path in paths:
+                out = work / "cells" / f"{name}-s{seed}-{path}.jsonl"
+                specs.append({"setting": name, "overrides": SETTINGS[name], "seed": seed, "path": path,
+                              "objectives": objectives, "domains": domains, "cache": str(work / f"cache-{path}"), "out": str(out)})
+    running: list[subprocess.Popen] = []
+    for spec in specs:
+        while len(running) >= parallel:
+            running = [p for p in running if p.poll() is None]
+            time.sleep(0.5)
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT),
+                   HF_DATASETS_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
+        if PATHS[spec["path"]]:
+            env["ATEN_CPU_CAPABILITY"] = PATHS[spec["path"]]
+        running.append(subprocess.Popen([sys.executable, __file__, "--cell", json.dumps(spec)], env=env))
+    failed = [p.args for p in running if p.wait() != 0]
+    if failed:
+        print(f"{len(failed)} cell(s) failed", file=sys.stderr)
+    rows = []
+    for spec in specs:
+        if Path(spec["out"]).exists():
+            rows += [json.loads(line) for line in Path(spec["out"]).read_text().splitlines()]
+    return rows
 
 
-def run_all(settings: list[Setting], seeds: list[int], objectives: list[str], work: Path, workers: int) -> list[dict]:
-    import multiprocessing as mp
-
-    cache = work / "results.jsonl"
-    done = {}
-    if cache.exists():
-        for line in cache.read_text().splitlines():
-            r = json.loads(line)
-            done[_job_key(r)] = r
-    jobs = [
-        {"setting": asdict(s), "seed": seed, "pair": pair, "objective": obj, "work": str(work)}
-        for s in settings for seed in seeds for pair in ("strong", "weak") for obj in [None, *objectives]
-    ]
-    todo = [j for j in jobs if _job_key(j) not in done]
-    if todo:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers) as pool:
-            bases = {(s.base_recipe(), seed): (asdict(s), seed, str(work)) for s in settings for seed in seeds}
-            for name in pool.imap_unordered(_build_base_job, list(bases.values())):
-                print(f"  base {name}", flush=True)
-            with cache.open("a") as f:
-                for r in pool.imap_unordered(run_job, todo):
-                    f.write(json.dumps(r) + "\n")
-                    f.flush()
-                    done[_job_key(r)] = r
-                    print(f"  {r['setting']['name']:>12} seed {r['seed']} {r['pair']:>6} "
-                          f"{r['objective'] or 'base':>18}: {r['accuracy']:5.1f}  "
-                          f"(train {r['train_s']:.1f} s, eval {r['eval_s']:.1f} s)", flush=True)
-    return [{**done[_job_key(j)], "setting": j["setting"]} for j in jobs]
-
-
-# ----------------------------------------------------------------------------------------------- report
-def report(results: list[dict], settings: list[Setting], seeds: list[int], objectives: list[str]) -> None:
-    acc = {(r["setting"]["name"], r["seed"], r["pair"], r["objective"]): r for r in results}
-    fmt = lambda xs: f"{statistics.mean(xs):5.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:4.1f}"  # noqa: E731
-    for s in settings:
-        weak_lr = f" (weak {s.lr_weak:g})" if s.lr_weak else ""
-        print(f"\n== {s.name}: base {s.base_problems} problems x {s.base_steps} steps; strong n_train {s.n_train}, "
-              f"noise {s.noise_kind} {s.noise}; weak {s.weak_task} n_train {s.n_train_weak}; "
-              f"SFT {s.steps} steps x {s.batch_size}, lr {s.lr:g}{weak_lr}, warmup {s.warmup}; n_test {s.n_test}")
-        seed_heads = "".join(f"{'seed ' + str(x):>9}" for x in seeds)
-        print(f"{'pair':<7}{'objective':<20}{seed_heads}{'mean ± std':>15}")
-        verdict = {}
-        for pair in ("strong", "weak"):
-            probe_p = [acc[(s.name, x, pair, None)]["probe_mean_p"] for x in seeds]
-            print(f"{pair:<7}{'probe mean p':<20}" + "".join(f"{v:9.3f}" for v in probe_p))
-            means = {}
-            for obj in [None, *objectives]:
-                xs = [acc[(s.name, x, pair, obj)]["accuracy"] for x in seeds]
-                means[obj] = statistics.mean(xs)
-                print(f"{pair:<7}{obj or 'base (no SFT)':<20}" + "".join(f"{v:9.1f}" for v in xs) + f"{fmt(xs):>15}")
-            a, b = ("p", "original") if pair == "strong" else ("original", "p")
-            gaps = [acc[(s.name, x, pair, a)]["accuracy"] - acc[(s.name, x, pair, b)]["accuracy"] for x in seeds]
-            best = max(objectives, key=lambda o: means[o])
-            family_ok = best in (PRIOR_LEANING if pair == "strong" else DATA_AVERSE)
-            ok = family_ok and min(gaps) >= 5 and statistics.mean(gaps) >= 5
-            verdict[pair] = ok
-            print(f"{pair:<7}{a + ' - ' + b:<20}" + "".join(f"{g:+9.1f}" for g in gaps) + f"{fmt(gaps):>15}"
-                  f"   min {min(gaps):+.1f}; best {best} -> {'PASS' if ok else 'FAIL'}")
-        train_s = [r["train_s"] for r in results if r["setting"]["name"] == s.name and r["objective"]]
-        eval_s = [r["eval_s"] for r in results if r["setting"]["name"] == s.name and r["objective"]]
-        print(f"timing: fine-tune {statistics.mean(train_s):.1f} s (max {max(train_s):.1f}), "
-              f"eval {statistics.mean(eval_s):.2f} s (max {max(eval_s):.2f}) per trial, one thread; "
-              f"both pairs {'PASS' if all(verdict.values()) else 'FAIL'}")
+def report(rows: list[dict], settings: list[str], seeds: list[int], paths: list[str]) -> None:
+    """Per setting and pair: each objective over the cells (min, mean, max), then the regime's checks per cell."""
+    for name in settings:
+        mine = [r for r in rows if r["setting"] == name]
+        print(f"\n== {name}: {' '.join(SETTINGS[name]) or '(configs/demo.yaml as is)'}")
+        cells = [(s, p) for s in seeds for p in paths]
+        print(f"{'pair':<16}{'objective':<20}" + "".join(f"{f's{s} {p[:4]}':>9}" for s, p in cells)
+              + f"{'min':>7}{'mean':>7}{'max':>7}")
+        for domain in dict.fromkeys(r["domain"] for r in mine):
+            table = {(r["seed"], r["path"], r["objective"]): r for r in mine if r["domain"] == domain}
+            objectives = list(dict.fromkeys(r["objective"] for r in mine if r["domain"] == domain))
+            probe = [table.get((s, p, "base"), {}).get("probe_mean_p") for s, p in cells]
+            print(f"{domain:<16}{'probe mean p':<20}" + "".join(f"{v:9.3f}" if v is not None else f"{'-':>9}"
+                                                               for v in probe))
+            for obj in objectives:
+                vals = [table.get((s, p, obj), {}).get("accuracy") for s, p in cells]
+                got = [v for v in vals if v is not None]
+                print(f"{domain:<16}{obj:<20}" + "".join(f"{v:9.1f}" if v is not None else f"{'-':>9}" for v in vals)
+                      + (f"{min(got):7.1f}{statistics.mean(got):7.1f}{max(got):7.1f}" if got else ""))
+            regime = REGIMES.get(domain)
+            if regime:
+                per_cell = [{o: table[(s, p, o)]["accuracy"] for o in objectives if (s, p, o) in table}
+                            | {"probe_mean_p": table.get((s, p, "base"), {}).get("probe_mean_p")} for s, p in cells]
+                for line in check_pair(regime, per_cell, best_of_run=True):
+                    print(f"{domain:<16}{line}")
+        train_s = [r["train_s"] for r in mine if "train_s" in r]
+        if train_s:
+            print(f"fine-tune {statistics.mean(train_s):.1f} s (max {max(train_s):.1f}) on one thread")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--grid", choices=["chosen", "screen"], default="chosen")
-    ap.add_argument("--settings", nargs="*", help="names of settings to run (see --list)")
-    ap.add_argument("--objectives", nargs="*", help="default: 5 for the chosen setting, NLL and p when screening")
+    ap.add_argument("--settings", nargs="*", default=["chosen"])
+    ap.add_argument("--objectives", nargs="*", default=OBJECTIVES)
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--paths", nargs="*", default=list(PATHS), choices=list(PATHS))
+    ap.add_argument("--domains", nargs="*", default=[], help="only these pairs (default: every pair)")
+    ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/alphasweep-continuum"))
+    ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--cell", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cell:
+        return run_cell(json.loads(args.cell))
     if args.list:
-        for s in SETTINGS.values():
-            print(s)
+        for name, overrides in SETTINGS.items():
+            print(f"{name}: {' '.join(overrides)}")
         return
-    default = SCREEN if args.grid == "screen" else [SINGLE_LR, CHOSEN]
-    settings = [SETTINGS[n] for n in args.settings] if args.settings else default
-    objectives = args.objectives or (SCREEN_OBJECTIVES if args.grid == "screen" else OBJECTIVES)
-    args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    results = run_all(settings, args.seeds, objectives, args.work, args.workers)
-    report(results, settings, args.seeds, objectives)
+    if args.report_only:
+        rows = [json.loads(line) for f in (args.work / "cells").glob("*.jsonl") for line in f.read_text().splitlines()]
+    else:
+        rows = run_all(args.settings, args.seeds, args.paths, args.objectives, args.domains, args.work, args.parallel)
+    report(rows, args.settings, args.seeds, args.paths)
     print(f"\n({time.time() - t0:.0f} s wall)")
 
 
