@@ -8,7 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from alphasweep.config import DataSpec
-from alphasweep.data import DataError, collate, load_rows, load_sft_data, pack, tokenize_rows
+from alphasweep.data import DataError, collate, load_sft_data, pack, tokenize_rows
+from alphasweep.rows import load_rows
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def _write(path, rows):
 def test_prompt_completion_targets_are_the_completion_and_eos(tok, tmp_path):
     spec = DataSpec(path=str(_write(tmp_path / "d.jsonl", [{"q": "12+34=", "a": "46"}])),
                     prompt_field="q", completion_field="a")
-    (ex,), stats = tokenize_rows(load_rows(spec), tok, spec, 64, "d.jsonl")
+    (ex,), stats = tokenize_rows(load_rows(spec.path), tok, spec, 64, "d.jsonl")
     targets = [t for t, m in zip(ex.input_ids, ex.loss_mask) if m]
     assert tok.decode(targets) == "46" + tok.eos_token
     assert tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if not m], skip_special_tokens=True) == "12+34="
@@ -38,7 +39,7 @@ def test_messages_train_on_every_assistant_turn_only(tok, tmp_path):
     conv = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"},
             {"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
     spec = DataSpec(path=str(_write(tmp_path / "c.jsonl", [{"messages": conv}])), format="messages")
-    (ex,), _ = tokenize_rows(load_rows(spec), tok, spec, 64, "c.jsonl")
+    (ex,), _ = tokenize_rows(load_rows(spec.path), tok, spec, 64, "c.jsonl")
     targets = tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if m])
     assert targets == f"2{tok.eos_token}4{tok.eos_token}"
     assert tok.decode(ex.input_ids) == tok.apply_chat_template(conv, tokenize=False)
@@ -56,25 +57,42 @@ def test_truncation_is_counted_and_parquet_loads(tok, tmp_path):
 
 
 @pytest.mark.parametrize("row, field", [
-    ({"prompt": "1+1="}, "missing field 'completion'"),
-    ({"prompt": "1+1=", "completion": "  "}, "field 'completion': empty completion"),
-    ({"prompt": 5, "completion": "2"}, "field 'prompt': expected a string, got int"),
+    ({"prompt": "1+1="}, r"missing field 'completion' \(the row has 'prompt'\)"),
+    ({"prompt": "1+1=", "completion": "  "}, "field 'completion': expected a non-empty completion, found '  '"),
+    ({"prompt": 5, "completion": "2"}, "field 'prompt': expected a string, found int 5"),
 ])
-def test_bad_rows_name_file_row_and_field_or_are_skipped(tok, tmp_path, row, field):
+def test_bad_rows_name_file_line_and_field_or_are_skipped(tok, tmp_path, row, field):
     path = _write(tmp_path / "bad.jsonl", [{"prompt": "1+1=", "completion": "2"}, row])
-    with pytest.raises(DataError, match=rf"bad.jsonl: row 1: {field}"):
-        tokenize_rows(load_rows(DataSpec(path=str(path))), tok, DataSpec(path=str(path)), 64, str(path))
+    with pytest.raises(DataError, match=rf"bad.jsonl: line 2: {field}"):
+        tokenize_rows(load_rows(str(path)), tok, DataSpec(path=str(path)), 64, str(path))
     spec = DataSpec(path=str(path), skip_bad_rows=True)
-    examples, stats = tokenize_rows(load_rows(spec), tok, spec, 64, str(path))
+    examples, stats = tokenize_rows(load_rows(spec.path), tok, spec, 64, str(path))
     assert len(examples) == 1 and stats["skipped"] == 1
 
 
 def test_missing_file_and_packing(tok, tmp_path):
-    with pytest.raises(DataError, match="data file not found"):
-        load_rows(DataSpec(path=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        load_rows(str(tmp_path / "nope.jsonl"))
     spec = DataSpec(path=str(_write(tmp_path / "d.jsonl", [{"prompt": f"{i}+1=", "completion": str(i + 1)}
                                                            for i in range(20)])))
-    examples, _ = tokenize_rows(load_rows(spec), tok, spec, 64, "d.jsonl")
+    examples, _ = tokenize_rows(load_rows(spec.path), tok, spec, 64, "d.jsonl")
     packed = pack(examples, 24)
     assert len(packed) < len(examples) and all(len(p.input_ids) <= 24 for p in packed)
     assert sum(sum(p.loss_mask) for p in packed) == sum(sum(e.loss_mask) for e in examples)
+
+
+def test_rows_keep_their_values_and_their_place_in_the_file(tmp_path):
+    """No type coercion (a number stays a number beside strings) and 1-based places: JSON Lines by line
+    (blank lines counted), a JSON list (or an object holding one) by row; a .json of JSON Lines reads as lines."""
+    lines = tmp_path / "d.jsonl"
+    lines.write_text('{"completion": "19"}\n\n{"completion": 4}\n')
+    assert load_rows(str(lines)) == [("line 1", {"completion": "19"}), ("line 3", {"completion": 4})]
+    wrapped = tmp_path / "w.json"
+    wrapped.write_text(json.dumps({"version": 2, "data": [{"completion": "19"}, {"completion": 4}]}))
+    assert load_rows(str(wrapped)) == [("row 1", {"completion": "19"}), ("row 2", {"completion": 4})]
+    as_lines = tmp_path / "l.json"
+    as_lines.write_text('{"completion": "19"}\n{"completion": 4}\n')
+    assert [where for where, _ in load_rows(str(as_lines))] == ["line 1", "line 2"]
+    (tmp_path / "folder").mkdir()
+    _write(tmp_path / "folder" / "train.jsonl", [{"completion": "1"}])
+    assert load_rows(str(tmp_path / "folder")) == [("line 1", {"completion": "1"})]

@@ -135,6 +135,16 @@ class PairRun:
         self.log(f"[{name}] {budget - remaining}/{budget} trials done"
                  + (f", {stale} interrupted trial(s) marked failed" if stale else ""))
         parent = tracking.open_parent_run(client, self.exp_id, self.job.model, self.job.domain)
+        try:
+            summary = self._run_in(parent, remaining)
+        except BaseException:  # a hub id that does not load, an interrupt: the parent run says so
+            tracking.close_parent_run(client, parent, status="FAILED")
+            raise
+        tracking.close_parent_run(client, parent)
+        return summary
+
+    def _run_in(self, parent: str, remaining: int) -> dict:
+        name, client = self.name, self.client
         study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize", load_if_exists=True)
         probe = self._probe_once(study, parent)
         self.log(f"[{name}] probe: mean p {probe['probe_mean_p']:.3f} -> {probe['continuum']}")
@@ -151,7 +161,6 @@ class PairRun:
             tracking.log_png(client, parent, lambda p: plot_score_vs_alpha({name: points}, p), "score_vs_alpha.png")
             tracking.log_png(client, parent,
                              lambda p: plot_weights([parse_objective(o) for o in summary["scores"]], p), "weights.png")
-        tracking.close_parent_run(client, parent)
         return summary
 
     def _probe_once(self, study: optuna.Study, parent: str) -> dict:
@@ -277,14 +286,11 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
 
     An interrupted sweep (trials done, budget not met) continues only with `resume` or `extend`, so a
     second run never mixes into an earlier sweep by accident; a finished one just reports again.
+    The inputs are the caller's to check first (`alphasweep.validate`, as the CLI does before Ray starts).
     """
-    from alphasweep.data import load_rows
-
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry no `score`
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "sweep.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    for domain in cfg.domains:  # fail on missing data before any trial starts
-        load_rows(domain.train)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
     evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it

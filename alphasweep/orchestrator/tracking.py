@@ -10,30 +10,16 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from alphasweep.config import ConfigError
-
 PAIR_TAG, KIND_TAG, OPTUNA_TAG, TUNE_TAG = "alphasweep.pair", "alphasweep.kind", "optuna_trial", "tune_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 _NOT_METRICS = {"step", "training_iteration", "timestamp", "time_total_s", "time_this_iter_s", "pid",
                 "time_since_restore", "iterations_since_restore", "optuna_trial"}
-
-
-def check_reachable(uri: str) -> None:
-    """Fail before any trial starts when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as r:
-            r.read()
-    except OSError as e:
-        raise ConfigError(f"tracking server {uri} is unreachable: {getattr(e, 'reason', e)}") from None
 
 
 def open_experiment(uri: str, name: str, local_artifacts: Path) -> tuple[MlflowClient, str]:
@@ -42,7 +28,6 @@ def open_experiment(uri: str, name: str, local_artifacts: Path) -> tuple[MlflowC
     With a local sqlite store, artifacts go to `local_artifacts` (MLflow's default is ./mlruns in the
     current directory); a tracking server decides for itself.
     """
-    check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp:
