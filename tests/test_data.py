@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from alphasweep.config import DataSpec
-from alphasweep.data import DataError, collate, load_rows, load_sft_data, pack, tokenize_rows
+from alphasweep.data import DataError, collate, load_sft_data, load_sft_rows, pack, tokenize_rows
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def _write(path, rows):
 def test_prompt_completion_targets_are_the_completion_and_eos(tok, tmp_path):
     spec = DataSpec(path=str(_write(tmp_path / "d.jsonl", [{"q": "12+34=", "a": "46"}])),
                     prompt_field="q", completion_field="a")
-    (ex,), stats = tokenize_rows(load_rows(spec), tok, spec, 64, "d.jsonl")
+    (ex,), stats = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "d.jsonl")
     targets = [t for t, m in zip(ex.input_ids, ex.loss_mask) if m]
     assert tok.decode(targets) == "46" + tok.eos_token
     assert tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if not m], skip_special_tokens=True) == "12+34="
@@ -38,7 +38,7 @@ def test_messages_train_on_every_assistant_turn_only(tok, tmp_path):
     conv = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"},
             {"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
     spec = DataSpec(path=str(_write(tmp_path / "c.jsonl", [{"messages": conv}])), format="messages")
-    (ex,), _ = tokenize_rows(load_rows(spec), tok, spec, 64, "c.jsonl")
+    (ex,), _ = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "c.jsonl")
     targets = tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if m])
     assert targets == f"2{tok.eos_token}4{tok.eos_token}"
     assert tok.decode(ex.input_ids) == tok.apply_chat_template(conv, tokenize=False)
@@ -63,18 +63,18 @@ def test_truncation_is_counted_and_parquet_loads(tok, tmp_path):
 def test_bad_rows_name_file_row_and_field_or_are_skipped(tok, tmp_path, row, field):
     path = _write(tmp_path / "bad.jsonl", [{"prompt": "1+1=", "completion": "2"}, row])
     with pytest.raises(DataError, match=rf"bad.jsonl: row 1: {field}"):
-        tokenize_rows(load_rows(DataSpec(path=str(path))), tok, DataSpec(path=str(path)), 64, str(path))
+        tokenize_rows(load_sft_rows(DataSpec(path=str(path))), tok, DataSpec(path=str(path)), 64, str(path))
     spec = DataSpec(path=str(path), skip_bad_rows=True)
-    examples, stats = tokenize_rows(load_rows(spec), tok, spec, 64, str(path))
+    examples, stats = tokenize_rows(load_sft_rows(spec), tok, spec, 64, str(path))
     assert len(examples) == 1 and stats["skipped"] == 1
 
 
 def test_missing_file_and_packing(tok, tmp_path):
-    with pytest.raises(DataError, match="data file not found"):
-        load_rows(DataSpec(path=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        load_sft_rows(DataSpec(path=str(tmp_path / "nope.jsonl")))
     spec = DataSpec(path=str(_write(tmp_path / "d.jsonl", [{"prompt": f"{i}+1=", "completion": str(i + 1)}
                                                            for i in range(20)])))
-    examples, _ = tokenize_rows(load_rows(spec), tok, spec, 64, "d.jsonl")
+    examples, _ = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "d.jsonl")
     packed = pack(examples, 24)
     assert len(packed) < len(examples) and all(len(p.input_ids) <= 24 for p in packed)
     assert sum(sum(p.loss_mask) for p in packed) == sum(sum(e.loss_mask) for e in examples)
