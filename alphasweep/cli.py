@@ -223,8 +223,8 @@ def submit(config_path, address, follow, status_of, stop_job, ship_project, over
         if status_of:
             state, message = jobs.status(address, status_of)
             lines = message.splitlines()
-            cause = next((l for l in reversed(lines) if l.startswith("error:")), "")  # the sweep's own error line
-            brief = " | ".join(dict.fromkeys(l for l in (lines[:1] + [cause]) if l))
+            cause = next((line for line in reversed(lines) if line.startswith("error:")), "")  # the sweep's own
+            brief = " | ".join(dict.fromkeys(line for line in (lines[:1] + [cause]) if line))
             click.echo(f"{status_of}: {state}" + (f" ({brief})" if brief else ""))
             sys.exit(0 if state in ("SUCCEEDED", "RUNNING", "PENDING") else 1)
         if stop_job:

@@ -80,7 +80,8 @@ def _encode_messages(row: dict, spec: DataSpec, tok) -> Example:
     return Example(ids, mask)
 
 
-def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int, source: str) -> tuple[list[Example], dict]:
+def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int,
+                  source: str) -> tuple[list[Example], dict]:
     """Validate and tokenize rows; truncate to `max_length` and count what was truncated or skipped."""
     if spec.format == "messages" and not tokenizer.chat_template:
         raise DataError(f"{source}: format 'messages' needs a tokenizer with a chat template")

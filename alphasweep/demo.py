@@ -14,6 +14,7 @@ from alphasweep.config import DEMO_PREFIX, SweepConfig
 from alphasweep.synthetic import problems, write_task_files
 from alphasweep.tinykit import build_base
 
+
 def cache_dir(cfg: SweepConfig) -> Path:
     root = cfg.demo.cache_dir or os.environ.get("ALPHASWEEP_CACHE") or "~/.cache/alphasweep"
     return Path(root).expanduser().resolve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import pytest
 from transformers import AutoTokenizer
 
@@ -25,9 +26,10 @@ def test_prompt_completion_targets_are_the_completion_and_eos(tok, tmp_path):
     spec = DataSpec(path=str(_write(tmp_path / "d.jsonl", [{"q": "12+34=", "a": "46"}])),
                     prompt_field="q", completion_field="a")
     (ex,), stats = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "d.jsonl")
-    targets = [t for t, m in zip(ex.input_ids, ex.loss_mask) if m]
+    targets = [t for t, m in zip(ex.input_ids, ex.loss_mask, strict=True) if m]
     assert tok.decode(targets) == "46" + tok.eos_token
-    assert tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if not m], skip_special_tokens=True) == "12+34="
+    prompt = [t for t, m in zip(ex.input_ids, ex.loss_mask, strict=True) if not m]
+    assert tok.decode(prompt, skip_special_tokens=True) == "12+34="
     assert stats == {"rows": 1, "skipped": 0, "truncated": 0}
     batch = collate([ex], tok.pad_token_id)  # labels align with logits: position t predicts token t+1
     predicted = batch["labels"][0][batch["loss_mask"][0]].tolist()
@@ -39,14 +41,12 @@ def test_messages_train_on_every_assistant_turn_only(tok, tmp_path):
             {"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
     spec = DataSpec(path=str(_write(tmp_path / "c.jsonl", [{"messages": conv}])), format="messages")
     (ex,), _ = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "c.jsonl")
-    targets = tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if m])
+    targets = tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask, strict=True) if m])
     assert targets == f"2{tok.eos_token}4{tok.eos_token}"
     assert tok.decode(ex.input_ids) == tok.apply_chat_template(conv, tokenize=False)
 
 
 def test_truncation_is_counted_and_parquet_loads(tok, tmp_path):
-    import datasets
-
     rows = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "9" * 40 + "+1=", "completion": "1" * 40}]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
     spec = DataSpec(path=str(tmp_path / "d.parquet"), heldout=0)

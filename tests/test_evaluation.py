@@ -6,15 +6,24 @@ GPU checks (vLLM against hf, GPU memory across checkpoints) are marked `gpu` and
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import shutil
+import signal
+import threading
+import time
 import weakref
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray is imported: it reads the mode at import
 
+import psutil
 import pytest
+import ray
+import torch
+from ray.exceptions import RayActorError
+from transformers import AutoTokenizer
 
 from alphasweep.config import BenchmarkSpec, EvalConfig
 from alphasweep.evaluation.actor import Evaluator, evaluate_with_timeout, get_evaluator
@@ -29,8 +38,6 @@ CFG = dict(backend="hf", max_new_tokens=5, batch_size=32)
 def one_torch_thread():
     """Tiny models are overhead-bound: one thread is as fast, and far faster when the CPUs are shared
     (several torch threads per process on 2 busy cores slowed training here ~15x)."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -39,8 +46,6 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def ray_mod():
-    import ray
-
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -108,8 +113,6 @@ def test_model_is_loaded_once_per_checkpoint_and_freed_on_change(finetuned_model
 
 
 def test_host_memory_stays_flat_over_checkpoints(tmp_path, finetuned_model, addition_bench):
-    import psutil
-
     checkpoints = [shutil.copytree(finetuned_model, tmp_path / f"ckpt{i}") for i in range(5)]
     ev = Evaluator(CFG, log=None)
     rss = []
@@ -127,12 +130,6 @@ def test_host_memory_stays_flat_over_checkpoints(tmp_path, finetuned_model, addi
 
 
 def test_actor_survives_crashes(ray_mod, tmp_path, finetuned_model, tiny_model, addition_bench):
-    import signal
-    import threading
-    import time
-
-    from ray.exceptions import RayActorError
-
     actor = _named(ray_mod, "test-eval-crash", max_restarts=3)
     assert "error" not in evaluate_with_timeout(actor, str(tiny_model), [addition_bench], 300)
     pid = ray_mod.get(actor.info.remote())["pid"]
@@ -210,8 +207,6 @@ def test_user_errors_are_clear(ray_mod, tmp_path, tiny_model, addition_bench):
 
 
 def test_prompt_rule(tiny_model, tmp_path):
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tiny_model)
     math_file = tmp_path / "m.jsonl"
     math_file.write_text(json.dumps({"problem": "What is 2+3?", "answer": "5"}) + "\n")
@@ -299,8 +294,6 @@ class LLM:
 
 
 def _gone(pid: int) -> bool:
-    import psutil
-
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -336,8 +329,6 @@ def test_vllm_backend_runs_the_engine_in_a_child_process(tmp_path, monkeypatch, 
 
 @pytest.mark.gpu
 def test_hf_on_gpu_scores_and_frees_memory(tmp_path, finetuned_model, addition_bench):
-    import torch
-
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     torch.cuda.init()
@@ -359,10 +350,6 @@ def test_hf_on_gpu_scores_and_frees_memory(tmp_path, finetuned_model, addition_b
 
 
 def _needs_vllm():
-    import importlib.util
-
-    import torch
-
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     if importlib.util.find_spec("vllm") is None:
@@ -388,7 +375,6 @@ def test_vllm_matches_hf_greedy(finetuned_model, addition_bench):
 @pytest.mark.gpu
 def test_vllm_gpu_memory_returns_between_checkpoints(tmp_path, finetuned_model, addition_bench):
     _needs_vllm()
-    import torch
 
     torch.cuda.init()
     free_before, total = torch.cuda.mem_get_info()

@@ -5,20 +5,20 @@ Every objective is a per-token loss f(p) of the target token's probability p. It
 -W(p) * (onehot - softmax) with the weight W(p) = -p f'(p), which is what sets objectives apart: NLL
 weighs every token equally, `p` (alpha = 1) weighs tokens by how plausible the model already finds them.
 
-| paper name (`parse_objective`) | family     | parameter | per-token loss         | W(p)          | alpha axis |
-| ------------------------------ | ---------- | --------- | ---------------------- | ------------- | ---------- |
-| `original`, `nll`, `logp`      | `nll`                  | -         | -log p             | 1             | 0          |
-| `p`                            | `p`                    | -         | 1 - p              | p             | 1          |
-| `dft`                          | `dft`                  | -         | -sg(p) log p       | p             | 1          |
-| `GeneralFamily-a`              | `general`              | alpha     | (1 - p^a) / a      | p^a           | a          |
-| `OnlyTopP-q`                   | `top_p`                | threshold | 1 - p,  if p >= q  | p [p >= q]    | 1          |
-| `OnlyBottomP-q`                | `bottom_p`             | threshold | 1 - p,  if p < q   | p [p < q]     | 1          |
-| `OnlyTopLogP-q`                | `top_logp`             | threshold | -log p, if p >= q  | [p >= q]      | 0          |
-| `OnlyBottomLogP-q`             | `bottom_logp`          | threshold | -log p, if p < q   | [p < q]       | 0          |
-| `TopQuantileP-r`               | `top_quantile_p`       | quantile  | 1 - p,  if p >= cut_r | p          | 1          |
-| `BottomQuantileP-r`            | `bottom_quantile_p`    | quantile  | 1 - p,  if p < cut_r  | p          | 1          |
-| `TopQuantileLogP-r`            | `top_quantile_logp`    | quantile  | -log p, if p >= cut_r | 1          | 0          |
-| `BottomQuantileLogP-r`         | `bottom_quantile_logp` | quantile  | -log p, if p < cut_r  | 1          | 0          |
+| name (`parse_objective`) | family                 | parameter | per-token loss        | W(p)       | alpha axis |
+| ------------------------- | ---------------------- | --------- | --------------------- | ---------- | ---------- |
+| `original`, `nll`, `logp` | `nll`                  | -         | -log p                | 1          | 0          |
+| `p`                       | `p`                    | -         | 1 - p                 | p          | 1          |
+| `dft`                     | `dft`                  | -         | -sg(p) log p          | p          | 1          |
+| `GeneralFamily-a`         | `general`              | alpha     | (1 - p^a) / a         | p^a        | a          |
+| `OnlyTopP-q`              | `top_p`                | threshold | 1 - p,  if p >= q     | p [p >= q] | 1          |
+| `OnlyBottomP-q`           | `bottom_p`             | threshold | 1 - p,  if p < q      | p [p < q]  | 1          |
+| `OnlyTopLogP-q`           | `top_logp`             | threshold | -log p, if p >= q     | [p >= q]   | 0          |
+| `OnlyBottomLogP-q`        | `bottom_logp`          | threshold | -log p, if p < q      | [p < q]    | 0          |
+| `TopQuantileP-r`          | `top_quantile_p`       | quantile  | 1 - p,  if p >= cut_r | p          | 1          |
+| `BottomQuantileP-r`       | `bottom_quantile_p`    | quantile  | 1 - p,  if p < cut_r  | p          | 1          |
+| `TopQuantileLogP-r`       | `top_quantile_logp`    | quantile  | -log p, if p >= cut_r | 1          | 0          |
+| `BottomQuantileLogP-r`    | `bottom_quantile_logp` | quantile  | -log p, if p < cut_r  | 1          | 0          |
 
 sg is stop-gradient. Top keeps p >= cut and Bottom keeps p < cut, so a Top and a Bottom objective with the
 same cut partition the tokens. cut_r is the r-quantile of the detached probabilities of the micro-batch's

@@ -69,7 +69,8 @@ def open_parent_run(client: MlflowClient, exp_id: str, model: str, domain: str) 
         run_id = parents[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    run = client.create_run(exp_id, run_name=pair, tags={PAIR_TAG: pair, KIND_TAG: "pair", "model": model, "domain": domain})
+    tags = {PAIR_TAG: pair, KIND_TAG: "pair", "model": model, "domain": domain}
+    run = client.create_run(exp_id, run_name=pair, tags=tags)
     return run.info.run_id
 
 

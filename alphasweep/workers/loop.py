@@ -85,7 +85,8 @@ def grad_sync(model, sync: bool):
 
 
 @torch.no_grad()
-def heldout_nll(model, examples: list[Example], pad_id: int, batch_size: int, device, autocast, rank: int, world: int) -> float:
+def heldout_nll(model, examples: list[Example], pad_id: int, batch_size: int, device, autocast, rank: int,
+                world: int) -> float:
     """Mean -log p of held-out completion tokens: a yardstick common to every objective.
 
     Every rank runs the same number of forwards (FSDP gathers weights in each); a rank whose shard ran
