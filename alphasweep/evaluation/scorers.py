@@ -140,7 +140,7 @@ def _parse_cached(latex: str, timeout: int | None):
 
 
 def _parse(latex: str, timeout: int | None) -> list:
-    from math_verify import parse
+    from math_verify import parse  # sympy (~2 s to import): loaded on the first answer that needs it
 
     try:
         return parse(latex, parsing_timeout=timeout)
@@ -172,7 +172,7 @@ def math_correct(completion: str, answer) -> bool:
             return False
         if _plain(predicted) == _plain(gold):
             return True
-        from math_verify import verify
+        from math_verify import verify  # as `parse`: only when the string check cannot decide
 
         timeout = MATH_TIMEOUT_S if _in_main_thread() else None
         gold_parsed = list(_parse_cached(_wrap(gold), timeout))
