@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from alphasweep.config import DataSpec
 from alphasweep.data import DataError, collate, load_sft_data, load_sft_rows, pack, tokenize_rows
+from alphasweep.rows import load_rows, looks_local
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,24 @@ def test_missing_file_and_packing(tok, tmp_path):
     packed = pack(examples, 24)
     assert len(packed) < len(examples) and all(len(p.input_ids) <= 24 for p in packed)
     assert sum(sum(p.loss_mask) for p in packed) == sum(sum(e.loss_mask) for e in examples)
+
+
+def test_rows_from_files_folders_wrapped_json_and_home_paths(tmp_path, monkeypatch):
+    """One reader for SFT data and benchmarks: `~` is expanded everywhere, a folder gives its split's file,
+    a JSON object holding one list of rows gives the rows, and an unreadable file names itself."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rows = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "2+2=", "completion": "4"}]
+    (tmp_path / "folder").mkdir()
+    _write(tmp_path / "folder" / "test.jsonl", rows)
+    (tmp_path / "wrapped.json").write_text(json.dumps({"version": 1, "data": rows}))
+    assert load_rows("~/folder", split="test") == rows
+    assert load_rows("~/wrapped.json") == rows
+    assert all(map(looks_local, ["~/x.jsonl", "./x", "/x", "x.parquet", "runs/demo/checkpoint"]))
+    assert not any(map(looks_local, ["gsm8k", "openai/gsm8k", "Qwen/Qwen2.5-Math-1.5B"]))
+    with pytest.raises(FileNotFoundError, match="benchmark file not found: ~/nope.jsonl"):
+        load_rows("~/nope.jsonl", what="benchmark")
+    with pytest.raises(FileNotFoundError, match="holds no train.jsonl"):
+        load_rows("~/folder")
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "1+1="}\n{"prompt": \n')
+    with pytest.raises(DataError, match=r"cannot load data ~/broken.jsonl: .*JSON"):
+        load_rows("~/broken.jsonl")
