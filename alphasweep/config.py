@@ -11,11 +11,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from alphasweep.objectives import FAMILIES, parse_objective
+from alphasweep.objectives import FAMILIES, SPECS, parse_objective
 
-DEMO_PREFIX = "demo:"  # a path the embedded demo builds (see demo.py and the `demo` section)
+DEMO_PREFIX = "demo:"  # `demo:base`, `demo:TASK/train.jsonl`: what the embedded demo builds (demo.py)
 
 
 class ConfigError(ValueError):
@@ -111,18 +119,13 @@ class SearchSpec(_Strict):
     def _known_objectives(cls, names: list[str]) -> list[str]:
         return [parse_objective(n).name for n in names]
 
-    @field_validator("alpha")
+    @field_validator("alpha", "threshold")
     @classmethod
-    def _alpha_range(cls, r: RangeSpec) -> RangeSpec:
-        if r.low < -1 or r.high > 16:
-            raise ValueError("alpha must lie in [-1, 16]")
-        return r
-
-    @field_validator("threshold")
-    @classmethod
-    def _threshold_range(cls, r: RangeSpec) -> RangeSpec:
-        if r.low <= 0 or r.high >= 1:
-            raise ValueError("threshold must lie inside (0, 1)")
+    def _inside_family_ranges(cls, r: RangeSpec, info: ValidationInfo) -> RangeSpec:
+        """A searched range lies inside the range of every family that takes the parameter (objective registry)."""
+        for spec in SPECS.values():
+            if spec.field == info.field_name and not (r.low in spec.range and r.high in spec.range):
+                raise ValueError(f"{info.field_name} must lie in {spec.range}")
         return r
 
 

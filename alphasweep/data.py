@@ -29,6 +29,11 @@ class SFTData:
     stats: dict[str, int] = field(default_factory=dict)  # rows, skipped, truncated
 
 
+def load_sft_rows(spec: DataSpec) -> list[Row]:
+    """The rows of the SFT data a spec names, with their places (see `alphasweep.rows.load_rows`)."""
+    return load_rows(spec.path, split=spec.split, subset=spec.subset, what="data")
+
+
 def _encode_prompt_completion(row: dict, spec: DataSpec, tok) -> Example:
     prompt = tok(row[spec.prompt_field])["input_ids"]  # adds BOS where the tokenizer does
     completion = tok(row[spec.completion_field], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -82,8 +87,7 @@ def tokenize_rows(rows: list[Row], tokenizer, spec: DataSpec, max_length: int,
 
 def load_sft_data(spec: DataSpec, tokenizer, max_length: int, seed: int = 0) -> SFTData:
     """Load, tokenize, shuffle with `seed`, and hold out `spec.heldout` rows for held-out NLL."""
-    rows = load_rows(spec.path, split=spec.split, subset=spec.subset)
-    examples, stats = tokenize_rows(rows, tokenizer, spec, max_length, spec.path)
+    examples, stats = tokenize_rows(load_sft_rows(spec), tokenizer, spec, max_length, spec.path)
     random.Random(seed).shuffle(examples)
     n_heldout = min(spec.heldout, len(examples) // 5)
     return SFTData(train=examples[n_heldout:], heldout=examples[:n_heldout], stats=stats)

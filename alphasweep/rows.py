@@ -1,4 +1,8 @@
-"""Rows of SFT and benchmark data, numbered as the user sees them, and what an SFT row must hold.
+"""Rows of a dataset, for SFT data and benchmarks alike, numbered as the user sees them; what an SFT row holds.
+
+A path is local (`looks_local`) when it starts with `/`, `.` or `~`, ends in a data-file suffix, or has
+more than one `/` (a hub id is `name` or `org/name`); anything else is a hub id. Local paths are a
+.jsonl/.json/.parquet file (or a named pipe), or a folder holding `<split>.jsonl|json|parquet`.
 
 Local files are read as written, without type coercion: `datasets`' JSON loader infers a column's type
 from the first rows and converts (or rejects) later ones, so it blames the wrong row; here a row keeps its
@@ -41,8 +45,8 @@ def found(value: Any) -> str:
 
 
 def looks_local(path: str) -> bool:
-    """A path the user means as a local file or folder: absolute, `./`, `../`, `~`, or a data file's suffix."""
-    return path.startswith(("/", ".", "~")) or Path(path).suffix in LOCAL_SUFFIXES
+    """Whether `path` names a local file or folder rather than a hub id (whether or not it exists)."""
+    return path.startswith(("/", ".", "~")) or Path(path).suffix in LOCAL_SUFFIXES or path.count("/") > 1
 
 
 # ---------------------------------------------------------------- local files
@@ -92,8 +96,8 @@ def _read_parquet(path: Path, limit: int | None) -> list[Row]:
     import pyarrow  # heavy; only Parquet files need it
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)
+    try:  # a named pipe cannot seek: read it whole first
+        table = pq.read_table(path if path.is_file() else pyarrow.BufferReader(path.read_bytes()))
     except (pyarrow.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file: {describe(e)}") from None
     return [Row(f"row {i}", row) for i, row in enumerate(table.slice(0, limit).to_pylist(), 1)]
@@ -113,28 +117,28 @@ def read_local(path: Path, limit: int | None = None) -> list[Row]:
     return rows
 
 
-def load_rows(path: str, *, split: str = "train", subset: str | None = None, kind: str = "data") -> list[Row]:
-    """Rows of a local file, a folder holding `<split>.jsonl|json|parquet`, or a hub dataset id; `kind`
-    (data, benchmark) names the file in errors."""
+def load_rows(path: str, *, split: str = "train", subset: str | None = None, what: str = "data") -> list[Row]:
+    """Every row with its place. `what` ("data", "benchmark") names the source in errors: FileNotFoundError
+    for a missing local file, `DataError` for one that does not parse or a hub dataset that does not load."""
     local = Path(path).expanduser()
     if local.is_dir():
         for suffix in LOCAL_SUFFIXES:
             if (local / f"{split}{suffix}").is_file():
                 return read_local(local / f"{split}{suffix}")
-        raise FileNotFoundError(f"{kind} folder {path} holds no {split}.jsonl, {split}.json or {split}.parquet")
+        raise FileNotFoundError(f"{what} folder {path} holds no {split}.jsonl, {split}.json or {split}.parquet")
     if looks_local(path):
         if not local.exists():  # a file, or a named pipe / process substitution
-            raise FileNotFoundError(f"{kind} file not found: {path}")
+            raise FileNotFoundError(f"{what} file not found: {path}")
         return read_local(local)
     import datasets  # heavy; a hub id: the real code path, needs the network or a warm HF cache
 
     try:
         rows = list(datasets.load_dataset(path, subset, split=split))
     except Exception as e:  # noqa: BLE001 — datasets raises many types; one line for the user
-        raise DataError(f"cannot load {kind} dataset {path!r} (subset {subset}, split {split}): "
+        raise DataError(f"cannot load {what} dataset {path!r} (subset {subset}, split {split}): "
                         f"{describe(e)}") from None
     if not rows:
-        raise DataError(f"{kind} dataset {path!r} (subset {subset}, split {split}): no rows")
+        raise DataError(f"{what} dataset {path!r} (subset {subset}, split {split}): no rows")
     return [Row(f"row {i}", row) for i, row in enumerate(rows, 1)]
 
 

@@ -390,7 +390,7 @@ def _read(path: str, where: str, found: Findings, *, split: str, subset: str | N
         found.hub_ids.append(path)
         return None
     try:
-        return load_rows(path, split=split, subset=subset, kind=kind)
+        return load_rows(path, split=split, subset=subset, what=kind)
     except DataError as e:  # it names the file
         found.error(str(e))
     except OSError as e:

@@ -16,10 +16,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
-from local_services import free_port
+from local_services import free_port, postgres
 
 # Runs the CLI in this interpreter and, whatever happens, writes what the process did to a state file.
 _RUNNER = """
@@ -213,8 +216,6 @@ def test_a_store_that_is_not_a_database(tmp_path, tiny_model, addition_files):
 
 
 def test_postgres_database_that_does_not_exist(tmp_path, tiny_model, addition_files):
-    from local_services import postgres
-
     with postgres() as (port, _sockets, _bin):
         url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/nosuchdb"
         run = run_cli(tmp_path, "validate", write_config(tmp_path, tiny_model, addition_files),
@@ -268,9 +269,6 @@ def test_every_data_row_is_checked(tmp_path, tiny_model, addition_files, case, c
         train = tmp_path / "list.json"
         train.write_text(json.dumps([ok, ["1+1=", "2"]]))
     elif case in ("parquet null", "garbage parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         train = tmp_path / ("null.parquet" if case == "parquet null" else "junk.parquet")
         if case == "parquet null":
             pq.write_table(pa.Table.from_pylist([ok, {"prompt": "2+2=", "completion": None}]), train)
@@ -456,8 +454,6 @@ def test_remote_user_error_is_its_own_line(ray_local, tmp_path, tiny_model, addi
     assert run.code == 2, run.stdout[-2000:] + run.stderr[-3000:]
     assert run.last_error.startswith("error: cannot load data dataset 'nobody/no-such-dataset'"), run.stderr[-3000:]
     assert "Traceback" not in run.stderr and "ray::" not in run.stderr, run.stderr[-3000:]
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(f"sqlite:///{tmp_path}/out/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("v").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

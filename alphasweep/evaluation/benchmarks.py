@@ -24,13 +24,13 @@ must be the raw text too. Without a chat template, math/choice messages are rend
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alphasweep.config import BenchmarkSpec
+from alphasweep.evaluation.scorers import OPTION_LETTERS, normalize_math_gold
 from alphasweep.rows import DataError, found, load_rows, looks_local, read_local
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option."
-_LETTERS = "ABCDEFGHIJ"
 
 
 # ---------------------------------------------------------------- formats
@@ -63,13 +62,6 @@ def _gold_after_hashes(value: Any) -> str:
     return text.rsplit("####", 1)[1].strip().replace(",", "") if "####" in text else text.strip()
 
 
-def _gold_number(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = str(value).strip()
-    return text.split(".")[0] if re.fullmatch(r"-?\d+\.0+", text) else text
-
-
 def _gold_text(value: Any) -> str:
     return str(value).strip()
 
@@ -77,12 +69,12 @@ def _gold_text(value: Any) -> str:
 def _options(row: dict) -> list[tuple[str, str]]:
     """(letter, text) pairs from `options` / `choices`: a list (lettered A, B, ...) or a dict of letters."""
     raw = row.get("options", row.get("choices"))
-    if isinstance(raw, dict):
-        return [(str(k).strip().upper(), str(v)) for k, v in sorted(raw.items())]
+    if isinstance(raw, dict):  # letters another row has but this one lacks are None (a table has one schema)
+        return [(str(k).strip().upper(), str(v)) for k, v in sorted(raw.items()) if v is not None]
     if isinstance(raw, (list, tuple)):
-        if len(raw) > len(_LETTERS):
-            raise ValueError(f"{len(raw)} options; at most {len(_LETTERS)} are supported")
-        return [(_LETTERS[i], str(v)) for i, v in enumerate(raw)]
+        if len(raw) > len(OPTION_LETTERS):
+            raise ValueError(f"{len(raw)} options; at most {len(OPTION_LETTERS)} are supported")
+        return [(OPTION_LETTERS[i], str(v)) for i, v in enumerate(raw)]
     raise ValueError("field 'options': expected a list or a dict of lettered options")
 
 
@@ -103,10 +95,10 @@ def _choice_gold(value: Any, row: dict) -> str:
     """A letter: the answer field is a letter ('C', '(C)') or the text of one of the options."""
     text = str(value).strip()
     bare = text.strip("()").strip().rstrip(".")
-    if len(bare) == 1 and bare.upper() in _LETTERS:
+    if len(bare) == 1 and bare.upper() in OPTION_LETTERS:
         return bare.upper()
     if isinstance(value, int) and not isinstance(value, bool):
-        return _LETTERS[value]
+        return OPTION_LETTERS[value]
     for letter, option in _options(row):
         if option.strip() == text:
             return letter
@@ -130,7 +122,7 @@ FORMATS: dict[str, Format] = {
     "gsm8k": Format("gsm8k", ("question",), "answer", "math", _math_message,
                     lambda v, r: _gold_after_hashes(v), True),
     "math": Format("math", ("problem", "question"), "answer", "math", _math_message,
-                   lambda v, r: _gold_number(v), True),
+                   lambda v, r: normalize_math_gold(v), True),
     "choice": Format("choice", ("question",), "answer", "choice", _choice_message, _choice_gold, True),
     "exact": Format("exact", ("prompt",), "answer", "exact", _exact_message, lambda v, r: _gold_text(v), False),
 }
@@ -310,7 +302,7 @@ def load_benchmark(spec: BenchmarkSpec | dict | str, limit: int | None = None) -
     spec = resolve_spec(spec)
     fmt, scorer = benchmark_format(spec)
     source, split, subset = benchmark_source(spec)
-    rows = load_rows(source, split=split, subset=subset, kind="benchmark")
+    rows = load_rows(source, split=split, subset=subset, what="benchmark")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     caps = [c for c in (limit, spec.limit) if c is not None]
