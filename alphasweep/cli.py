@@ -197,9 +197,10 @@ def probe(model_path, data_path, fmt, prompt_field, completion_field, sample, ma
     problem = checks.model_dir_problem(model_path)
     if problem:
         raise ConfigError(f"--model: {problem}")
+    spec = DataSpec(path=data_path, format=fmt, prompt_field=prompt_field, completion_field=completion_field)
+    checks.check_data(spec, "--data", checks.Findings())
     from alphasweep.probe import probe_capability  # torch: after the checks
 
-    spec = DataSpec(path=data_path, format=fmt, prompt_field=prompt_field, completion_field=completion_field)
     result = probe_capability(model_path, spec, max_length=max_length, sample=sample)
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))

@@ -420,17 +420,21 @@ def _report_rows(errors: list[str], source: str, found: Findings) -> None:
         found.error(f"{source}: {len(errors) - ROW_ERRORS_LISTED} more bad row(s) not listed")
 
 
+def check_data(spec: DataSpec, where: str, found: Findings) -> None:
+    """Every row of one local SFT file holds what its format needs (`where` names the setting)."""
+    rows = _read(spec.path, where, found, split=spec.split, subset=spec.subset, kind="data")
+    if rows is None:
+        return
+    errors, _ = data_problems(rows, spec, spec.path)
+    _report_rows(errors, spec.path, found)
+    found.data_files += 1
+    found.rows += len(rows)
+
+
 def check_train_data(cfg: SweepConfig, found: Findings) -> None:
     """Every row of every domain's local training file holds what its format needs."""
     for i, d in enumerate(cfg.domains):
-        rows = _read(d.train.path, f"domains.{i}.train.path", found, split=d.train.split, subset=d.train.subset,
-                     kind="data")
-        if rows is None:
-            continue
-        errors, _ = data_problems(rows, d.train, d.train.path)
-        _report_rows(errors, d.train.path, found)
-        found.data_files += 1
-        found.rows += len(rows)
+        check_data(d.train, f"domains.{i}.train.path", found)
 
 
 def check_benchmark_specs(cfg: SweepConfig, found: Findings) -> None:

@@ -358,6 +358,9 @@ def test_probe_names_the_bad_line_and_the_empty_file(tmp_path, tiny_model):
     empty.write_bytes(b"")
     assert_stopped(run_cli(tmp_path, "probe", "--model", tiny_model, "--data", empty),
                    f"error: {empty}: no rows (the file is empty)")
+    assert_stopped(run_cli(tmp_path, "probe", "--model", tiny_model, "--data", tmp_path / "nope.jsonl"),
+                   f"error: --data: data file not found: {tmp_path / 'nope.jsonl'}")
+    assert "torch" not in run_cli(tmp_path, "probe", "--model", tiny_model, "--data", empty).modules
 
 
 def test_output_directory_that_cannot_be_created(tmp_path, tiny_model, addition_files):
