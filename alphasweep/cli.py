@@ -303,9 +303,10 @@ def validate_(config_path, overrides, all_errors, cluster):
 
     \b
     Left to load time: hub ids (models, datasets, built-in benchmarks without a path),
-    which need the network. A path that looks local (/..., ./..., ../..., ~/..., or a
-    .jsonl/.json/.parquet file) and does not exist is reported missing; any other name
-    that does not exist is taken for a hub id. `demo:` paths are built when the sweep starts.
+    which need the network. A path that looks local (/..., ./..., ../..., ~/..., a
+    .jsonl/.json/.parquet file, or more than one /) and does not exist is reported
+    missing; any other name that does not exist is taken for a hub id (name or org/name).
+    `demo:` paths are built when the sweep starts.
 
     Prints a one-line summary and exits 0, or prints one line per error on stderr and exits 2.
     `sweep`, `train` and `submit` run the same checks first.

@@ -184,7 +184,7 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
     runs = _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3, proc.stdout[-3000:]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     finished = [r for r in runs if r.data.tags.get("alphasweep.kind") == "trial" and r.info.status == "FINISHED"]
     numbers = [r.data.tags["optuna_trial"] for r in finished]

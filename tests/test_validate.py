@@ -460,3 +460,19 @@ def test_remote_user_error_is_its_own_line(ray_local, tmp_path, tiny_model, addi
     client = MlflowClient(f"sqlite:///{tmp_path}/out/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("v").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_evaluator_user_error_in_a_trial_is_its_own_line(ray_local, tmp_path, tiny_model, addition_files):
+    """A built-in benchmark without a path is a hub id, left to load time; offline, the evaluator actor cannot
+    load it. The trial fails and the sweep's log says why in one line, not only where the trace is."""
+    config = write_config(tmp_path, tiny_model, addition_files,
+                          domains=[{"name": "addition", "train": {"path": str(addition_files[0]), "heldout": 8},
+                                    "benchmarks": [{"name": "gsm8k"}]}],
+                          search={"families": ["nll"], "enqueue": ["original"]},
+                          budget={"trials_per_pair": 1, "max_concurrent": 1},
+                          train={"steps": 2, "batch_size": 8, "max_length": 24, "report_every": 1, "eval_every": 2})
+    env = {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    run = run_cli(tmp_path, "sweep", config, env=env, timeout=900)
+    failed = [line for line in run.stdout.splitlines() if "trial #0 original: FAILED" in line]
+    assert len(failed) == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "cannot load benchmark dataset 'openai/gsm8k'" in failed[0], failed[0]

@@ -14,6 +14,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import ray
@@ -196,8 +197,13 @@ class TrialPrinter(tune.Callback):
         self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_trial_objective(trial.config)}: {what}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_trial_objective(trial.config)}: FAILED "
-                 f"({trial.error_file or 'see the Ray logs'})")
+        """The error's own last line (e.g. the evaluator's `ValueError: benchmark ...: line 3: ...`), then where
+        the whole trace is."""
+        path = Path(trial.error_file) if trial.error_file else None  # the driver's copy, written before this call
+        text = path.read_text(errors="replace") if path and path.is_file() else ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_trial_objective(trial.config)}: FAILED"
+                 + (f": {lines[-1]}" if lines else "") + f" ({trial.error_file or 'see the Ray logs'})")
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=print) -> list[dict]:
