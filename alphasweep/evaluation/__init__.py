@@ -10,8 +10,10 @@ import importlib
 
 _EXPORTS = {
     "Evaluator": "actor", "get_evaluator": "actor", "evaluate_with_timeout": "actor",
+    "EvaluatorPool": "actor", "get_evaluator_pool": "actor", "evaluate_on_pool": "actor",
     "GenerationBackend": "backends", "HFBackend": "backends", "VLLMBackend": "backends",
     "make_backend": "backends", "resolve_backend": "backends", "resolve_checkpoint": "backends",
+    "engine_key": "backends",
     "BUILTIN_BENCHMARKS": "benchmarks", "FORMATS": "benchmarks", "load_benchmark": "benchmarks",
     "known_benchmarks": "benchmarks", "resolve_spec": "benchmarks",
     "SCORERS": "scorers", "EXTRACTORS": "scorers", "math_correct": "scorers", "choice_correct": "scorers",

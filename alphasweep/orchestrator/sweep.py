@@ -22,7 +22,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from alphasweep.config import ConfigError, SweepConfig
-from alphasweep.evaluation.actor import get_evaluator
+from alphasweep.evaluation.actor import get_evaluator_pool
 from alphasweep.orchestrator import tracking
 from alphasweep.orchestrator.space import SearchSpace, point_of
 from alphasweep.orchestrator.trial import PairJob, run_trial
@@ -287,7 +287,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
         load_rows(domain.train)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
-    evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it
+    evaluators = get_evaluator_pool(cfg.eval)  # created by the driver, so it outlives every trial that uses it
     done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
     if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
@@ -300,5 +300,5 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
                       signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
         budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
         summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
-    del evaluator
+    del evaluators
     return summaries
