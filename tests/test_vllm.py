@@ -210,8 +210,8 @@ def test_a_sweep_with_the_vllm_backend_end_to_end(ray_local, tmp_path, models, a
     trials = [r for r in runs if r.data.tags.get("alphasweep.kind") == "trial"]
     assert len(trials) == 2
     for r in trials:
-        assert r.info.status == "FINISHED" and 0 <= r.data.metrics["score"] <= 1 and "score/addition" in \
-            r.data.metrics
+        assert r.info.status == "FINISHED" and 0 <= r.data.metrics["score"] <= 1, r.data.metrics
+        assert r.data.metrics["score.addition"] == r.data.metrics["score"] and r.data.metrics["eval_replica"] == 0
     assert {r.data.params["objective"] for r in trials} == {"original", "p"}
 
 

@@ -61,6 +61,7 @@ def run_trial(config: dict, job: PairJob) -> None:
         "score": scores["mean_score"],
         **{f"score/{name}": s for name, s in scores["scores"].items()},
         "eval_seconds": scores["seconds"],
+        "eval_replica": scores["replica"],  # which of the pool's evaluators scored it
         "checkpoint_path": checkpoint,
         "samples": scores["records"][: job.eval.samples_logged],
     })
