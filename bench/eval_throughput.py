@@ -19,12 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alphasweep.config import EvalConfig  # noqa: E402
-from alphasweep.evaluation.backends import HFBackend, VLLMBackend  # noqa: E402
-from alphasweep.synthetic import problems  # noqa: E402
-from alphasweep.tinykit import build_base  # noqa: E402
+from alphasweep.config import EvalConfig
+from alphasweep.evaluation.backends import HFBackend, VLLMBackend
+from alphasweep.synthetic import problems
+from alphasweep.tinykit import build_base
 
 
 class FixedLengthHF(HFBackend):
@@ -44,9 +47,6 @@ class FixedLengthVLLM(VLLMBackend):
 def llama_100m(out_dir: Path) -> str:
     """A Llama-shaped checkpoint of ~100M parameters with random weights and the kit's tokenizer:
     16 layers, 768 wide, 12 heads of 64 (4 KV heads), MLP 2048."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     path = out_dir / "llama-100m"
     if (path / "config.json").exists():
         return str(path)
@@ -87,9 +87,6 @@ def main() -> None:
     n_prompts = args.prompts or (128 if vllm else 64)
     new_tokens = args.new_tokens or (64 if vllm else 16)
     repeats = args.repeats or (1 if vllm else 2)
-
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="alphasweep-bench-"))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alphasweep.config import EvalConfig  # noqa: E402
-from alphasweep.evaluation.backends import VLLMBackend  # noqa: E402
-from alphasweep.synthetic import problems  # noqa: E402
-from alphasweep.tinykit import build_base  # noqa: E402
+from alphasweep.config import EvalConfig
+from alphasweep.evaluation.backends import VLLMBackend
+from alphasweep.synthetic import problems
+from alphasweep.tinykit import build_base
 
 
 def main() -> None:

@@ -75,7 +75,7 @@ def test_two_replicas_evaluate_side_by_side_and_a_crashed_one_is_restarted(ray_l
     pool = get_evaluator_pool(EvalConfig(**CFG, replicas=2, max_restarts=2), name="test-pool")
     replicas = ray.get(pool.replicas.remote())
     assert len(replicas) == 2 and get_evaluator_pool(EvalConfig(**CFG), name="test-pool") == pool  # found by name
-    pids = [ray.get(r.__ray_call__.remote(lambda self: os.getpid())) for r in replicas]
+    pids = [ray.get(r.info.remote())["pid"] for r in replicas]
 
     def check(result: dict) -> None:
         assert "error" not in result, result
@@ -116,7 +116,7 @@ def test_two_replicas_evaluate_side_by_side_and_a_crashed_one_is_restarted(ray_l
     for r in results:
         check(r)
     assert {r["replica"] for r in results} == {0, 1}
-    new_pids = [ray.get(r.__ray_call__.remote(lambda self: os.getpid())) for r in replicas]
+    new_pids = [ray.get(r.info.remote())["pid"] for r in replicas]
     assert victim not in new_pids and set(new_pids) & set(pids)  # the dead one replaced, the other kept
     for actor in [pool, *replicas]:
         ray.kill(actor, no_restart=True)

