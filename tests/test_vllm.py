@@ -106,7 +106,7 @@ def test_greedy_completions_match_hf_after_a_weight_reload(greedy, models, bench
 @pytest.fixture(scope="module")
 def sampler(ray_local):
     """One evaluator actor that samples (4 per prompt at temperature 1), as a sweep's replica runs."""
-    actor = get_evaluator(EvalConfig(backend="vllm", temperature=1.0, n_samples=4, max_new_tokens=200,
+    actor = get_evaluator(EvalConfig(backend="vllm", temperature=1.0, n_samples=4, max_new_tokens=8,
                                      batch_size=64, max_restarts=2), name="test-vllm-sampler")
     yield actor
     ray_local.kill(actor, no_restart=True)
@@ -118,7 +118,7 @@ def _info(ray, actor) -> dict:
 
 def test_sampling_gives_avg_and_pass_at_k(ray_local, sampler, models, bench):
     trained, _ = models
-    result = evaluate_with_timeout(sampler, str(trained), [bench], 600)
+    result = evaluate_with_timeout(sampler, str(trained), [bench], 1200)
     assert "error" not in result, result
     assert result["backend"] == "vllm" and result["k"] == 4 and len(result["records"]) == 4 * 64
     by_item: dict[int, list[bool]] = {}
@@ -128,7 +128,7 @@ def test_sampling_gives_avg_and_pass_at_k(ray_local, sampler, models, bench):
     assert result["scores"]["addition"] == pytest.approx(sum(map(sum, by_item.values())) / (4 * 64))
     assert result["pass_at_k"]["addition"] == pytest.approx(sum(map(any, by_item.values())) / 64)
     assert result["scores"]["addition"] < result["pass_at_k"]["addition"]  # some items solved only sometimes
-    again = evaluate_with_timeout(sampler, str(trained), [bench], 600)
+    again = evaluate_with_timeout(sampler, str(trained), [bench], 1200)
     assert [r["completion"] for r in again["records"]] == [r["completion"] for r in result["records"]]  # seeded
 
 
@@ -138,7 +138,7 @@ def test_memory_stays_flat_over_five_checkpoints(ray_local, sampler, models, ben
     rss, engines = [], set()
     for i in range(5):
         ckpt = shutil.copytree(trained, tmp_path / f"ckpt{i}")
-        result = evaluate_with_timeout(sampler, str(ckpt), [bench], 600, limit=32)
+        result = evaluate_with_timeout(sampler, str(ckpt), [bench], 1200, limit=32)
         assert "error" not in result and result["n"]["addition"] == 32, result
         info = _info(ray_local, sampler)
         assert info["checkpoint"] == str(ckpt.resolve())
@@ -153,16 +153,16 @@ def test_memory_stays_flat_over_five_checkpoints(ray_local, sampler, models, ben
 def test_engine_killed_mid_request_gives_an_error_and_the_next_request_works(ray_local, sampler, models, bench,
                                                                              tmp_path):
     trained, untrained = models
-    assert "error" not in evaluate_with_timeout(sampler, str(trained), [bench], 600, limit=4)
+    assert "error" not in evaluate_with_timeout(sampler, str(trained), [bench], 1200, limit=4)
     before = _info(ray_local, sampler)
     engine = psutil.Process(before["engine_pid"])
-    # A long request: the untrained twin rarely ends a completion, so 512 prompts x 4 samples run to
-    # 200 tokens each (minutes of engine time).
+    # A long request: the untrained twin rarely ends a completion, so 4096 prompts x 4 samples run to
+    # 8 tokens each (a minute or more of engine time).
     long = tmp_path / "long.jsonl"
-    write_jsonl(long, ({"prompt": p, "answer": a} for p, a in problems("addition", 512, seed=1)))
+    write_jsonl(long, ({"prompt": p, "answer": a} for p, a in problems("addition", 4096, seed=1)))
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(evaluate_with_timeout(
-        sampler, str(untrained), [{"name": "long", "path": str(long), "format": "exact"}], 600)))
+        sampler, str(untrained), [{"name": "long", "path": str(long), "format": "exact"}], 1200)))
     cpu = sum(engine.cpu_times()[:2])
     worker.start()
     deadline = time.monotonic() + 300
@@ -172,7 +172,7 @@ def test_engine_killed_mid_request_gives_an_error_and_the_next_request_works(ray
     os.kill(engine.pid, signal.SIGKILL)
     worker.join(300)
     assert "engine process died during generate" in result.get("error", ""), result
-    after = evaluate_with_timeout(sampler, str(trained), [bench], 600, limit=8)
+    after = evaluate_with_timeout(sampler, str(trained), [bench], 1200, limit=8)
     assert "error" not in after and after["n"]["addition"] == 8, after
     info = _info(ray_local, sampler)
     assert info["pid"] == before["pid"] and info["engine_pid"] not in (None, engine.pid)  # same actor, new engine
@@ -197,7 +197,7 @@ def test_a_sweep_with_the_vllm_backend_end_to_end(ray_local, tmp_path, models, a
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run([sys.executable, "-m", "alphasweep.cli", "sweep", str(config)], capture_output=True,
-                          text=True, env=env, timeout=1200)
+                          text=True, env=env, timeout=1800)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "best objective" in proc.stdout
