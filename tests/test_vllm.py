@@ -201,17 +201,19 @@ def test_a_sweep_with_the_vllm_backend_end_to_end(ray_local, tmp_path, models, a
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "best objective" in proc.stdout
-    # The pool's one replica started one engine and reloaded the second trial's weights into it.
-    loads = [line for line in out.splitlines() if "[eval] loaded" in line]
-    assert len(loads) == 2 and "(vllm, new engine)" in loads[0] and "(vllm, weights reloaded" in loads[1], loads
+    # The first trial's evaluation started the engine (its log line reaches the driver long before the
+    # sweep ends; later ones may not, the driver exits first).
+    assert any("(vllm, new engine)" in line for line in out.splitlines() if "[eval] loaded" in line), out[-4000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/out/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("vllm-e2e").experiment_id])
-    trials = [r for r in runs if r.data.tags.get("alphasweep.kind") == "trial"]
-    assert len(trials) == 2
+    trials = sorted((r for r in runs if r.data.tags.get("alphasweep.kind") == "trial"), key=lambda r: r.info.start_time)
+    assert len(trials) == 2 and {r.data.params["objective"] for r in trials} == {"original", "p"}
     for r in trials:
         assert r.info.status == "FINISHED" and 0 <= r.data.metrics["score"] <= 1, r.data.metrics
         assert r.data.metrics["score.addition"] == r.data.metrics["score"] and r.data.metrics["eval_replica"] == 0
-    assert {r.data.params["objective"] for r in trials} == {"original", "p"}
+    # The second checkpoint's weights went into the running engine: no engine start (~6-60 s) in its evaluation.
+    seconds = [r.data.metrics["eval_seconds"] for r in trials]
+    assert seconds[1] < seconds[0] / 3, seconds
 
 
 # ---------------------------------------------------------------- GPU
