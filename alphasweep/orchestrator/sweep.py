@@ -218,18 +218,22 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     (cfg.out / "sweep.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
-    evaluators = get_evaluator_pool(cfg.eval)  # created by the driver, so it outlives every trial that uses it
     done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
     if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
                           "pass --resume to continue it, or --extend N to add trials")
-    summaries = []
-    for (model, domain), finished in zip(cfg.pairs(), done, strict=True):
-        job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
-                      benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
-                      storage_path=cfg.checkpoint_root(),
-                      signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
-        budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
-        summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
-    del evaluators
-    return summaries
+    evaluators = get_evaluator_pool(cfg.eval)  # created by the driver, so it outlives every trial that uses it
+    try:
+        summaries = []
+        for (model, domain), finished in zip(cfg.pairs(), done, strict=True):
+            job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
+                          benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
+                          storage_path=cfg.checkpoint_root(),
+                          signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
+            budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
+            summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
+        return summaries
+    finally:
+        # End the dispatcher (a threaded actor) here: left to die with the driver it aborts, and its stack dump
+        # reaches the console after the sweep's last line (a user error's included). Its replicas end cleanly.
+        ray.kill(evaluators)
