@@ -9,7 +9,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from alphasweep.orchestrator.space import SKIPPED, objective_of
+from alphasweep.orchestrator.space import objective_of
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # ran to the end, or stopped early by the scheduler
 
@@ -56,7 +56,7 @@ def pair_summary(study: optuna.Study, model: str, domain: str) -> dict:
         "scores": scores,
         "trials": len(complete),
         "stopped_early": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
-        "failed": sum(SKIPPED not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+        "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
     }
 
 
