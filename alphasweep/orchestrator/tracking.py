@@ -69,7 +69,7 @@ VIEW_COLUMNS = ["metrics.`score`", "params.`alpha`", "params.`threshold`", "para
 def share_view(client: MlflowClient, exp_id: str) -> None:
     """A shared view of the runs table that shows the score and the objectives' params as columns (MLflow
     shows none by default): the experiment tag the UI reads for `?viewStateShareKey=` (docs/upstream.md)."""
-    view = json.dumps({"selectedColumns": VIEW_COLUMNS})
+    view = json.dumps({"selectedColumns": VIEW_COLUMNS, "columnWidths": {"attributes.`Run Name`": 330}})
     client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
 
 
@@ -147,7 +147,7 @@ def log_results(client: MlflowClient, run_id: str, rows: list[dict], exp_id: str
     objective linked to its run; and the best run's id as a tag."""
     if not rows:
         return
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if any(row.get(c) is not None for row in rows)]
     client.log_table(run_id, {c: [row.get(c) for row in rows] for c in columns}, "results.json")
     shown = [c for c in columns if c != "mlflow_run_id"]
     lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
