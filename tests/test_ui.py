@@ -30,6 +30,7 @@ CHROMIUM = os.environ.get("ALPHASWEEP_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium's own connections are refused on a closed network.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PROGRESS = re.compile(r"score \d\.\d{3} in [\dm]+s \| 1/3 done, 1 running, 1 queued \| [\dm]+s elapsed, ~[\dm]+s left")
 LINE = re.compile(r"^\d\d:\d\d:\d\d (sweep ui: |\[tiny/addition\] )")
 
 
@@ -67,8 +68,7 @@ def test_the_console_shows_the_sweeps_own_lines_and_the_log_holds_the_rest(sweep
     assert all(LINE.match(line) for line in progress), "\n".join(progress)  # nothing from Ray, Tune or libraries
     events = [line for line in progress if "] #" in line]
     assert len(events) == 6, progress  # started and finished, for each of the three trials
-    assert any(re.search(r"score \d\.\d{3} in \d+s \| 1/3 done, 1 running, 1 queued \| .* elapsed, ~\d+", line)
-               for line in events), progress
+    assert any(PROGRESS.search(line) for line in events), progress
     assert len(lines) <= 20, stdout
     log = (out / "logs" / "sweep.log").read_text()
     assert "Tune" in log or "ray" in log.lower()  # what stayed off the console is in the log

@@ -211,8 +211,8 @@ def _duration(seconds: float) -> str:
 
 class TrialPrinter(tune.Callback):
     """One console line per trial event, instead of Tune's wide tables; each finished trial's line ends with
-    the pair's progress: trials done, running and queued, the time so far and an estimate of the rest (the
-    mean time of this run's finished trials, spread over the trials that run at once)."""
+    the pair's progress: trials done, running and queued, the time so far and an estimate of the rest (each
+    trial taking the mean time of this run's finished ones, as many at once as the sweep runs)."""
 
     def __init__(self, pair: str, log, *, total: int, done: int = 0, concurrency: int = 1):
         self.pair, self.log, self.total, self.done, self.concurrency = pair, log, total, done, concurrency
@@ -251,8 +251,12 @@ class TrialPrinter(tune.Callback):
         if not running and not queued:
             return ""
         now, mean = time.monotonic(), sum(self.durations) / len(self.durations)
-        rest = (queued * mean + sum(max(mean - (now - self.starts[t.trial_id]), 0) for t in running)) / max(
-            min(self.concurrency, queued + len(running)), 1)
+        slots = [max(mean - (now - self.starts[t.trial_id]), 0.0) for t in running]
+        slots += [0.0] * max(self.concurrency - len(slots), 0)
+        for _ in range(queued):  # each queued trial takes the slot that frees first
+            slots.sort()
+            slots[0] += mean
+        rest = max(slots)
         return (f" | {self.done}/{self.total} done, {len(running)} running, {queued} queued"
                 f" | {_duration(now - self.started_at)} elapsed, ~{_duration(rest)} left")
 
