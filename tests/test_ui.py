@@ -35,12 +35,12 @@ LINE = re.compile(r"^\d\d:\d\d:\d\d (sweep ui: |\[tiny/addition\] )")
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_local, tmp_path_factory, tiny_model, addition_files):
+def sweep(ray_local, tmp_path_factory, addition_model, addition_files):
     """A finished one-pair sweep: (output dir, the sweep's console output, the MLflow experiment id)."""
     root = tmp_path_factory.mktemp("ui")
     cfg = {
         "name": "ui", "output_dir": str(root / "out"),
-        "models": [{"name": "tiny", "path": str(tiny_model)}],
+        "models": [{"name": "tiny", "path": str(addition_model)}],  # scores that differ by objective
         "domains": [{"name": "addition", "train": {"path": str(addition_files[0]), "heldout": 16},
                      "benchmarks": [{"name": "addition", "path": str(addition_files[1]), "format": "exact"}]}],
         "search": {"families": ["nll", "p", "general", "top_logp"], "enqueue": ["original", "OnlyTopLogP-0.2"],
@@ -139,12 +139,12 @@ def test_the_printed_link_and_the_pages_that_compare_objectives(sweep, tmp_path)
         plot = page.evaluate("""() => {
             const gd = [...document.querySelectorAll('.js-plotly-plot')].pop();
             const layout = gd._fullLayout;
-            return {x: gd.data[0].x.map(Number), type: layout.xaxis.type, xtitle: layout.xaxis.title.text,
-                    ytitle: layout.yaxis.title.text, points: gd.querySelectorAll('.scatterlayer .point').length};
+            return {x: gd.data[0].x.map(Number), y: gd.data[0].y.map(Number), type: layout.xaxis.type,
+                    xtitle: layout.xaxis.title.text, ytitle: layout.yaxis.title.text};
         }""")
-        alphas = sorted(float(r.data.params["alpha"]) for r in children)
+        points = sorted((float(r.data.params["alpha"]), r.data.metrics["score"]) for r in children)
         shots.check(plot["xtitle"] == "alpha" and plot["ytitle"] == "score" and plot["type"] == "linear"
-                    and sorted(plot["x"]) == alphas and plot["points"] == len(children),
+                    and sorted(zip(plot["x"], plot["y"], strict=True)) == points,
                     f"the compare page's scatter plot is not score against a numeric alpha for every run: {plot}")
 
         page.goto(f"{ui}/#/experiments/{exp_id}/runs/{parent.info.run_id}/artifacts/score_vs_alpha.png")

@@ -106,6 +106,8 @@ class PairRun:
                          + (f", first: {', '.join(objective_of(p).name for p in points)}" if points else ""))
         self.log(f"[{name}] " + " | ".join(parts))
         if remaining > 0:
+            if points:  # what ran first, beside the probe's suggestions (those outside the search's families do not)
+                study.set_user_attr("warm_start", [objective_of(p).name for p in points])
             self._search(study, parent, points, remaining, done, budget)
         summary = pair_summary(study, self.job.model, self.job.domain)  # the study reads trials from storage
         if summary["best_objective"]:

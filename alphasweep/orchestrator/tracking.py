@@ -69,7 +69,7 @@ VIEW_COLUMNS = ["metrics.`score`", "params.`alpha`", "params.`threshold`", "para
 def share_view(client: MlflowClient, exp_id: str) -> None:
     """A shared view of the runs table that shows the score and the objectives' params as columns (MLflow
     shows none by default): the experiment tag the UI reads for `?viewStateShareKey=` (docs/upstream.md)."""
-    view = json.dumps({"selectedColumns": VIEW_COLUMNS, "columnWidths": {"attributes.`Run Name`": 330}})
+    view = json.dumps({"selectedColumns": VIEW_COLUMNS})
     client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW_KEY}", view)
 
 
