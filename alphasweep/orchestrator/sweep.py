@@ -134,12 +134,11 @@ class PairRun:
 
     def trial_config(self, config: dict) -> dict:
         """One trial's own config, as its child run records it: its objective and what it trained with."""
-        obj, job = objective_of(config), self.job
+        job = self.job
         lr = config.get("learning_rate") or config["train_learning_rate"]
-        return {"objective": obj.name, **{k: v for k, v in obj.params().items() if v is not None},
-                "alpha_axis": obj.effective_alpha, "optuna_trial": config["optuna_trial"],
-                "model": {"name": job.model, "path": job.model_path}, "domain": job.domain,
-                "data": job.data.model_dump(mode="json"),
+        return {**tracking.run_params(objective_of(config), lr), "seed": config.get("seed", job.train.seed),
+                "optuna_trial": config["optuna_trial"], "model": {"name": job.model, "path": job.model_path},
+                "domain": job.domain, "data": job.data.model_dump(mode="json"),
                 "benchmarks": [b.model_dump(mode="json") for b in job.benchmarks],
                 "train": {**job.train.model_dump(mode="json"), "learning_rate": lr},
                 "eval": job.eval.model_dump(mode="json")}
