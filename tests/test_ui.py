@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from optuna_dashboard import wsgi
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
 from local_services import free_port, kill_group, mlflow_server, wait_http
 
@@ -98,6 +98,15 @@ class Shots:
     def check(self, ok: bool, what: str) -> None:
         assert ok, f"{what}; screenshots: {', '.join(map(str, self.taken))}"
 
+    def wait(self, locator, name: str, what: str) -> None:
+        """Wait for `locator`, then take the page's screenshot (taken on a timeout too, and named)."""
+        try:
+            locator.wait_for()
+        except PlaywrightTimeout:
+            self(f"{name}-timed-out")
+            self.check(False, f"{what} (timed out)")
+        self(name)
+
 
 def test_the_printed_link_and_the_pages_that_compare_objectives(sweep, tmp_path):
     out, stdout, exp_id = sweep
@@ -117,8 +126,8 @@ def test_the_printed_link_and_the_pages_that_compare_objectives(sweep, tmp_path)
         shots = Shots(page, tmp_path / "screens")
 
         page.goto(link.replace("http://127.0.0.1:5000", ui))
-        page.get_by_role("link", name="tiny/addition", exact=True).wait_for()
-        shots("runs-table")
+        shots.wait(page.get_by_role("link", name="tiny/addition", exact=True), "runs-table",
+                   "the printed link does not land on the runs table")
         shots.check(page.get_by_role("columnheader", name="score").count() > 0
                     and page.get_by_role("columnheader", name="alpha").count() > 0,
                     "the link's runs table shows no score and alpha columns")
@@ -126,8 +135,7 @@ def test_the_printed_link_and_the_pages_that_compare_objectives(sweep, tmp_path)
         shots.check(page.get_by_text(names[0], exact=True).count() == 0, "children listed before expanding the parent")
         page.locator("[col-id='attributes.`Run Name`']", has_text="tiny/addition").locator("button").first.click()
         for name in names:
-            page.get_by_text(name, exact=True).wait_for()
-        shots("children-nested")
+            shots.wait(page.get_by_text(name, exact=True), "children-nested", f"{name} not shown under its parent")
 
         page.goto(f"{ui}/#/compare-runs?runs={json.dumps([r.info.run_id for r in children])}"
                   f"&experiments={json.dumps([exp_id])}")
@@ -147,14 +155,15 @@ def test_the_printed_link_and_the_pages_that_compare_objectives(sweep, tmp_path)
                     and sorted(zip(plot["x"], plot["y"], strict=True)) == points,
                     f"the compare page's scatter plot is not score against a numeric alpha for every run: {plot}")
 
-        page.goto(f"{ui}/#/experiments/{exp_id}/runs/{parent.info.run_id}/artifacts/score_vs_alpha.png")
-        image = page.locator("img[src*='score_vs_alpha.png'], img[src^='blob:']").first
-        image.wait_for()
+        artifacts = f"{ui}/#/experiments/{exp_id}/runs/{parent.info.run_id}/artifacts"
+        page.goto(f"{artifacts}/results.json")
+        shots.wait(page.get_by_text("OnlyTopLogP-0.2", exact=True).first, "parent-results-table",
+                   "the parent's results table does not show its objectives")
+        page.get_by_text("score_vs_alpha.png", exact=True).click()  # the artifact tree, as a user would
+        image = page.locator("img[src*='score_vs_alpha']").first
+        shots.wait(image, "parent-plot", "the parent's score plot is not shown")
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
-        shots("parent-plot")
-        page.goto(f"{ui}/#/experiments/{exp_id}/runs/{parent.info.run_id}/artifacts/results.json")
-        page.get_by_role("cell", name="OnlyTopLogP-0.2", exact=True).wait_for()
-        shots("parent-results-table")
+        shots("parent-plot-loaded")
         browser.close()
 
 
@@ -177,13 +186,11 @@ def test_optuna_dashboard_shows_the_study_with_no_failed_trial(sweep, tmp_path):
             page.set_default_timeout(60_000)
             shots = Shots(page, tmp_path / "screens")
             page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials")
-            page.get_by_text("3 Trials").wait_for()
-            shots("dashboard-trials")
+            shots.wait(page.get_by_text("3 Trials"), "dashboard-trials", "no list of the study's trials")
             shots.check(page.get_by_text("Complete", exact=True).count() >= 3, "trials are not shown as complete")
             shots.check(page.get_by_text("Fail", exact=True).count() == 0, "the dashboard shows a failed trial")
             page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}")
-            page.get_by_text("Hyperparameter Importance").wait_for()
-            shots("dashboard-study")
+            shots.wait(page.get_by_text("Hyperparameter Importance"), "dashboard-study", "no study page")
             browser.close()
     finally:
         server.shutdown()
