@@ -66,8 +66,9 @@ def alpha_points(study: optuna.Study) -> list[tuple[float, float]]:
 
 
 def objective_table(study: optuna.Study) -> list[dict]:
-    """One row per objective scored, best first: its place on the alpha axis, its cut (where it has one), its
-    best score, its complete trials and the MLflow run of its best trial. A new column is a new key."""
+    """One row per objective scored, best first: its best score, its complete trials, its place on the alpha
+    axis, its cut (where it has one) and the MLflow run of its best trial. A new column is a new key (an
+    interval belongs beside the score)."""
     best: dict[str, FrozenTrial] = {}
     count: dict[str, int] = {}
     for t in _complete(study):
@@ -78,6 +79,6 @@ def objective_table(study: optuna.Study) -> list[dict]:
     rows = []
     for name, t in sorted(best.items(), key=lambda item: -item[1].value):
         obj = objective_of(t.params)
-        rows.append({"objective": name, "alpha": obj.effective_alpha, "threshold": obj.threshold, "score": t.value,
-                     "trials": count[name], "mlflow_run_id": t.user_attrs.get(MLFLOW_RUN)})
+        rows.append({"objective": name, "score": t.value, "trials": count[name], "alpha": obj.effective_alpha,
+                     "threshold": obj.threshold, "mlflow_run_id": t.user_attrs.get(MLFLOW_RUN)})
     return rows
