@@ -137,8 +137,7 @@ def sweep(config_path, resume, extend, overrides, address, rebuild, verbose):
     click.echo("\n" + format_table(report))
     click.echo(f"\nfinished in {time.time() - started:.0f} s; full log: {_shown(log_path)}")
     click.echo(f"plots:            {', '.join(_shown(p) for p in plots)}")
-    if serve:
-        click.echo(f"MLflow UI:        {serve}")
+    click.echo(f"MLflow:           {serve or 'tracking server ' + cfg.mlflow_uri()}")
     click.echo(f"open the UI:      {url}")
     click.echo(f"optuna-dashboard: alphasweep dashboard {_shown(cfg.out)}   (then http://127.0.0.1:8080)")
 

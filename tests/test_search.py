@@ -71,10 +71,11 @@ def test_trials_stopped_early_reach_optuna_as_pruned_not_complete(tmp_path):
     # training reports carry the scheduler's signal, never the search metric: no KeyError
     for step, nll in ((4, 2.0), (8, 1.5)):
         searcher.on_trial_result("t1", {"step": step, "heldout_nll": nll, "training_iteration": step // 4})
-        searcher.on_trial_result("t2", {"step": step, "heldout_nll": nll + 1, "training_iteration": step // 4})
-    searcher.on_trial_result("t2", {"step": 9, "loss": 0.1, "training_iteration": 3})
-    searcher.on_trial_complete("t1", {"score": 0.75, "step": 8})
-    searcher.on_trial_complete("t2", {"step": 8, "heldout_nll": 2.5})  # ASHA stopped it: no score
+    searcher.on_trial_result("t2", {"step": 4, "heldout_nll": 3.0, "training_iteration": 1})
+    searcher.on_trial_result("t2", {"step": 6, "loss": 0.1, "training_iteration": 2})
+    searcher.on_trial_complete("t1", {"score": 0.75})
+    # ASHA stopped it on its report at step 8, which Tune passes only to on_trial_complete: no score
+    searcher.on_trial_complete("t2", {"step": 8, "heldout_nll": 2.5, "training_iteration": 3})
 
     study = optuna.load_study(study_name="m/d", storage=storage)
     by_number = {t.number: t for t in study.trials}

@@ -284,6 +284,13 @@ class PairSearch(OptunaSearch):
         if trial is not None:
             trial.set_user_attr(key, value)
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """A trial the scheduler stops ends on a training report, which Tune passes here and not to
+        `on_trial_result`: it is the stopped trial's last intermediate value, and so its value."""
+        if result and not error:
+            self.on_trial_result(trial_id, result)
+        super().on_trial_complete(trial_id, result, error)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Training reports carry no `score`; the signal the scheduler compares becomes an intermediate value."""
         if self._signal is None:
