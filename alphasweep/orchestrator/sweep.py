@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from alphasweep.config import ConfigError, SweepConfig
 from alphasweep.console import quiet_libraries
-from alphasweep.evaluation.actor import get_evaluator
+from alphasweep.evaluation.actor import get_evaluator_pool
 from alphasweep.objectives import parse_objective
 from alphasweep.orchestrator import tracking
 from alphasweep.orchestrator.results import (
@@ -277,7 +277,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
     tracking.share_view(client, exp_id)
-    evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it
+    evaluators = get_evaluator_pool(cfg.eval)  # created by the driver, so it outlives every trial that uses it
     done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
     if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
@@ -290,5 +290,5 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
                       signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
         budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
         summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
-    del evaluator
+    del evaluators
     return summaries
