@@ -151,15 +151,15 @@ def test_check_dry_run_writes_every_part(tmp_path):
 
 
 def test_check_stops_a_part_at_its_time_box_and_keeps_going(tmp_path):
-    """A 12 s budget stops the training part (it starts Ray, which alone takes longer) with everything it
-    started, records why, and leaves the next part a clear 'not run'."""
+    """In a 12 s budget the training part's box (its share, ~9 s) stops it (it starts Ray, which alone takes
+    longer) with everything it started, records why, and leaves the next part a clear 'not run'."""
     done = subprocess.run([sys.executable, str(GPU_BENCH / "check.py"), "--dry-run", "--parts", "train,objective",
                            "--budget-s", "12", str(tmp_path / "cut")], check=False, capture_output=True, text=True,
                           timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads((tmp_path / "cut" / "gpu-check.json").read_text())
-    assert figures["train"]["error"] == "stopped at its time box of 12 s" and not figures["train"]["ok"]
+    assert figures["train"]["error"].startswith("stopped at its time box of ") and not figures["train"]["ok"]
     assert figures["objective"] == {"ok": False, "seconds": 0, "error": "not run: the run's budget was spent"}
     assert figures["targets"]["objective_vs_cross_entropy_time"]["met"] is None
 

@@ -108,10 +108,10 @@ def closure_problems(roots: Iterable[Requirement], dists: Mapping[str, Distribut
     """Walk the requirements from `roots` for the machine's Python (markers, extras), reading each package's
     requirements from `dists` (metadata by canonical name), and stop at what the machine has.
 
-    Returns (problems, unverified). SUBSTITUTES stand in for the packages they name. A problem is a requirement that neither the bundle (`bundled`: name ->
-    version) nor the machine (`device`) meets, nor OMITTED excuses; one met at a version outside its range;
-    or a bundled package nothing requires. Unverified: a range met by the machine at a version nobody recorded, or at
-    one outside the range that ACCEPTED_ON_MACHINE accepts."""
+    Returns (problems, unverified). SUBSTITUTES stand in for the packages they name. A problem is a requirement
+    that neither the bundle (`bundled`: name -> version) nor the machine (`device`) meets, nor OMITTED excuses;
+    one met at a version outside its range; or a bundled package nothing requires. Unverified: a range met by
+    the machine at a version nobody recorded, or at one outside the range that ACCEPTED_ON_MACHINE accepts."""
     problems, unverified, reached = [], set(), set()
     queue = [("the project", req, frozenset({""})) for req in roots]
     seen = set()

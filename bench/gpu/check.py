@@ -6,8 +6,8 @@
 Parts, in this order (bench/gpu/parts.py): `info` (machine, packages, bf16 matmul rate), `objective` (the loss
 kernels vs cross_entropy at vocab 152064), `train` (plain loop vs one Ray Train worker on a ~1.5B Llama: MFU
 and ratio), `sweep` (a 2-trial sweep on the GPU: start-up overhead, GPU memory per trial), `fsdp` (the FSDP2
-path). Each runs in its own process group with its own time box, cut to what is left of the run's budget, so
-a part that fails or overruns is stopped (with every process it started) and the next one still runs. The
+path). Each runs in its own process with its own time box, its share of what is left of the run's budget, so a
+part that fails or overruns is stopped (with every process it started) and the next one still runs. The
 JSON is rewritten after every part; a part's error is recorded beside whatever it measured before it.
 This process imports neither torch nor Ray: the GPU belongs to the parts.
 """
@@ -27,9 +27,10 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-# seconds per part on the GPU machine (the whole run must end inside its 8 minutes) and on a CPU (dry run)
-BOXES = {"info": 30, "objective": 60, "train": 160, "sweep": 130, "fsdp": 100}
-DRY_BOXES = {"info": 60, "objective": 120, "train": 300, "sweep": 600, "fsdp": 300}
+# Each part's time box is its share of what is left of the run's budget (this part's and the later parts'
+# shares), so time an early part leaves unused goes to the later ones. With 450 s: info 30 s at first, train
+# ~170 s, sweep and fsdp what remains.
+SHARES = {"info": 1, "objective": 2, "train": 5, "sweep": 4, "fsdp": 3}
 # Peak dense bf16 rate of the chip by its name (vendor datasheet, SXM parts), the usual MFU denominator.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}
 TARGETS = {"mfu": 0.40, "ray_vs_plain": 0.95, "objective_vs_cross_entropy_time": 1.10, "gpu_mib_spread": 256}
@@ -37,7 +38,7 @@ JSON_NAME, LOG_NAME = "gpu-check.json", "gpu-check.log"
 
 
 def run_part(name: str, work: Path, timeout: float, dry_run: bool, log) -> dict:
-    """Run one part in a new process group; stop it and every process it started after `timeout` seconds.
+    """Run one part in a new process session; stop it and every process it started after `timeout` seconds.
     Returns its figures (what it wrote) with `ok`, `seconds` and `error`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, str(HERE / "parts.py"), name, str(work), *(["--dry-run"] if dry_run else [])]
@@ -102,7 +103,8 @@ def summarize(result: dict) -> dict:
         return {"tflops": achieved / 1e12, "of_datasheet": achieved / datasheet if datasheet else None,
                 "of_measured_matmul": achieved / (measured * 1e12) if measured else None}
 
-    mfus = {"plain": mfu(train, "plain_target_tokens_per_s"), "ray_worker": mfu(train, "ray_worker_target_tokens_per_s"),
+    mfus = {"plain": mfu(train, "plain_target_tokens_per_s"),
+            "ray_worker": mfu(train, "ray_worker_target_tokens_per_s"),
             "fsdp_per_gpu": mfu(fsdp, "target_tokens_per_s_per_gpu")}
     ray_mfu = (mfus["ray_worker"] or {}).get("of_datasheet") or (mfus["ray_worker"] or {}).get("of_measured_matmul")
     spread = sweep.get("gpu_mib_spread_after_trials")
@@ -138,26 +140,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="folder for gpu-check.json and gpu-check.log")
     ap.add_argument("--dry-run", action="store_true", help="every part on the CPU at toy sizes (same keys)")
-    ap.add_argument("--parts", default=",".join(BOXES), help=f"comma-separated subset of {','.join(BOXES)}")
+    ap.add_argument("--parts", default=",".join(SHARES), help=f"comma-separated subset of {','.join(SHARES)}")
     ap.add_argument("--budget-s", type=float, default=450, help="the whole run's time (default: 450)")
     ap.add_argument("--work", type=Path, help="scratch folder (default: OUT/work)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if unknown := [p for p in parts if p not in BOXES]:
-        sys.exit(f"--parts: unknown part {unknown[0]!r}; expected some of {', '.join(BOXES)}")
-    boxes = DRY_BOXES if args.dry_run else BOXES
+    if unknown := [p for p in parts if p not in SHARES]:
+        sys.exit(f"--parts: unknown part {unknown[0]!r}; expected some of {', '.join(SHARES)}")
     work = (args.work or args.out / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget_s
     result = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "budget_s": args.budget_s}
     with (work / LOG_NAME).open("w") as log:
-        for name in parts:
+        for i, name in enumerate(parts):
             left = deadline - time.monotonic()
             if left < 5:
                 result[name] = {"ok": False, "seconds": 0, "error": "not run: the run's budget was spent"}
             else:
-                result[name] = run_part(name, work, min(boxes[name], left), args.dry_run, log)
+                box = left * SHARES[name] / sum(SHARES[p] for p in parts[i:])
+                result[name] = run_part(name, work, box, args.dry_run, log)
             result.update(summarize(result), seconds=round(args.budget_s - (deadline - time.monotonic()), 1))
             (args.out / JSON_NAME).write_text(json.dumps(result, indent=2, default=str) + "\n")
             status = "ok" if result[name]["ok"] else f"FAILED: {result[name]['error']}"

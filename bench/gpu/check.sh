@@ -20,7 +20,12 @@ site=${GPU_SITE:-/tmp/alphasweep-site}
 
 if [[ -f $bundle ]]; then
     rm -rf "$site" && mkdir -p "$site"
-    tar -xJf "$bundle" -C "$site"
+    if command -v xz >/dev/null; then
+        tar -xJf "$bundle" -C "$site"
+    else  # Python's own lzma
+        "$python" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+            "$bundle" "$site"
+    fi
     export ALPHASWEEP_GPU_SITE=$site PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
     echo "[gpu-check] unpacked $bundle into $site in $((SECONDS - started)) s"
 elif [[ ${#dry[@]} -eq 0 ]]; then

@@ -63,9 +63,10 @@ class Sizes:
     sweep_overrides: tuple[str, ...] = ()
 
 
-# Qwen2.5-1.5B's shape as a Llama (1.54B parameters with tied embeddings), at Qwen2's vocabulary.
+# Qwen2.5-1.5B's shape as a Llama (1.54B parameters with tied embeddings), at Qwen2's vocabulary. A micro-batch of
+# 4 x 2048 tokens keeps the peak near 70 GB (fp32 weights, grads and AdamW state, ~4 MB of activations per token).
 GPU = Sizes(hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab=152064, seq=2048, batch=16,
-            micro=8, steps=11, warmup=3, cpus_per_worker=8, objective_tokens=8192, objective_vocab=152064,
+            micro=4, steps=11, warmup=3, cpus_per_worker=8, objective_tokens=8192, objective_vocab=152064,
             objective_dtype="bf16", objective_repeats=10)
 DRY = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=176, vocab=1024, seq=64, batch=4, micro=2,
             steps=4, warmup=2, cpus_per_worker=1, objective_tokens=256, objective_vocab=4096,
@@ -93,16 +94,18 @@ def _device() -> str:
 
 def info(figures: Figures, sizes: Sizes, work: Path) -> None:
     """The machine, the packages the run imports, and the bf16 matrix-product rate (the MFU yardstick)."""
-    figures.set(sizes=asdict(sizes), python=platform.python_version(), glibc="-".join(platform.libc_ver()), torch=torch.__version__,
-                cuda=torch.version.cuda, cpus=os.cpu_count(),
+    figures.set(sizes=asdict(sizes), python=platform.python_version(), glibc="-".join(platform.libc_ver()),
+                torch=torch.__version__, cuda=torch.version.cuda, cpus=os.cpu_count(),
                 packages={n: version(n) for n in ("ray", "optuna", "mlflow-skinny", "pydantic", "datasets",
                                                   "math-verify", "transformers", "triton", "sqlalchemy")
                           if _installed(n)})
     site = os.environ.get("ALPHASWEEP_GPU_SITE")
     if site:
         bundled = {canonicalize_name(d.metadata["Name"]): d for d in distributions(path=[site])}
-        machine = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()
-                   if canonicalize_name(d.metadata["Name"]) not in bundled}
+        machine = {}
+        for dist in distributions():  # in sys.path order: the first of a name is the one imports get
+            machine.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
+        machine = {name: v for name, v in machine.items() if name not in bundled}
         problems, unverified = closure_problems(project_requirements(), bundled,
                                                 {n: d.version for n, d in bundled.items()}, machine)
         figures.set(bundle=site, requirement_problems=problems, requirement_notes=unverified)
