@@ -18,7 +18,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import ray.train
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from ray.train.torch import TorchTrainer
+from torch.distributed.fsdp import FSDPModule
+from transformers import AutoModelForCausalLM
+
+from alphasweep.workers.loop import parallelize
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_BENCH = REPO / "bench" / "gpu"
@@ -46,8 +53,6 @@ def test_bundle_pins_the_tested_versions_of_everything_the_machine_lacks():
 
 
 def test_closure_names_what_is_missing_too_old_or_unused():
-    from packaging.requirements import Requirement
-
     installed = {canonicalize_name(d.metadata["Name"]): d for d in importlib.metadata.distributions()}
     roots = [Requirement("optuna>=4.5"), Requirement("click>=9")]
     problems, _ = bundle.closure_problems(roots, installed, {"optuna": "5.0.0", "datasets": "5.2.0"},
@@ -167,15 +172,8 @@ def test_check_stops_a_part_at_its_time_box_and_keeps_going(tmp_path):
 def test_fsdp_shards_a_single_worker(ray_local, tiny_model, tmp_path):
     """`train.strategy: fsdp` with one worker runs FSDP2 (what the GPU check's FSDP part measures on one GPU);
     `ddp` with one worker runs the plain model."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     def wrapped(config):
-        from torch.distributed.fsdp import FSDPModule
-        from transformers import AutoModelForCausalLM
-
-        from alphasweep.workers.loop import parallelize
-
         model = parallelize(AutoModelForCausalLM.from_pretrained(config["path"]), config["strategy"], 1)
         return {"fsdp": isinstance(model, FSDPModule), "type": type(model).__name__}
 

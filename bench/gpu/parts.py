@@ -27,8 +27,9 @@ import objective_loss  # bench/objective_loss.py (check.py puts bench/ on PYTHON
 import torch
 import train_throughput  # bench/train_throughput.py
 from bundle import closure_problems, project_requirements
+from mlflow.tracking import MlflowClient
 from packaging.utils import canonicalize_name
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import collate, load_sft_data
@@ -237,7 +238,10 @@ def long_rows(work: Path, sizes: Sizes) -> DataSpec:
     path = work / "digits.jsonl"
     if not path.exists():
         rng = random.Random(0)
-        digits = lambda n: "".join(rng.choice("0123456789") for _ in range(n))
+
+        def digits(n: int) -> str:
+            return "".join(rng.choice("0123456789") for _ in range(n))
+
         rows = [{"prompt": f"#{digits(7)}>", "completion": digits(sizes.seq)}
                 for _ in range((sizes.steps + 1) * sizes.batch)]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -246,8 +250,6 @@ def long_rows(work: Path, sizes: Sizes) -> DataSpec:
 
 def tokens_per_target(model: Path, data: DataSpec, sizes: Sizes) -> float:
     """Tokens the model processes per target token (the loop counts targets; FLOPs go with every token)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(model)
     batch = collate(load_sft_data(data, tokenizer, sizes.seq).train[: sizes.batch], tokenizer.pad_token_id)
     return batch["input_ids"].numel() / int(batch["loss_mask"].sum())
@@ -277,7 +279,7 @@ class GpuMemory:
         self.every_s, self.samples, self._stop = every_s, [], threading.Event()
         self._handles = []
         try:
-            import pynvml  # nvidia-ml-py: on GPU machines only
+            import pynvml  # noqa: PLC0415 — nvidia-ml-py, on GPU machines only
 
             pynvml.nvmlInit()
             self._nvml = pynvml
@@ -304,8 +306,6 @@ class GpuMemory:
 def trial_records(mlflow_db: Path, samples: list[tuple[float, float]]) -> list[dict]:
     """Per trial (MLflow child runs, in start order): objective, status, score, startup_s, seconds, and the GPU
     memory in use just before it started, just after it ended, and at its peak (None without samples)."""
-    from mlflow.tracking import MlflowClient
-
     if not mlflow_db.exists():
         return []
     client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}")
