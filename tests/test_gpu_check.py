@@ -21,11 +21,11 @@ import pytest
 import ray.train
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from ray.train.torch import TorchTrainer
 from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForCausalLM
 
 from alphasweep.workers.loop import parallelize
+from alphasweep.workers.trainer import TorchTrainer
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_BENCH = REPO / "bench" / "gpu"

@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
 import psutil
 
@@ -37,7 +40,7 @@ TARGETS = {"mfu": 0.40, "ray_vs_plain": 0.95, "objective_vs_cross_entropy_time":
 JSON_NAME, LOG_NAME = "gpu-check.json", "gpu-check.log"
 
 
-def run_part(name: str, work: Path, timeout: float, dry_run: bool, log) -> dict:
+def run_part(name: str, work: Path, timeout: float, dry_run: bool, log: TextIO) -> dict:
     """Run one part in a new process session; stop it and every process it started after `timeout` seconds.
     Returns its figures (what it wrote) with `ok`, `seconds` and `error`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
@@ -52,7 +55,7 @@ def run_part(name: str, work: Path, timeout: float, dry_run: bool, log) -> dict:
         stop_tree(proc)
         code, error = None, f"stopped at its time box of {timeout:.0f} s"
     if code:
-        error = f"exit code {code}: {last_error(work / LOG_NAME)}"
+        error = f"exit code {code}: {last_error(Path(log.name))}"
     figures = _read(work / f"{name}.json")
     return {**figures, "ok": error is None, "seconds": round(time.monotonic() - started, 1), "error": error}
 
@@ -142,17 +145,18 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="every part on the CPU at toy sizes (same keys)")
     ap.add_argument("--parts", default=",".join(SHARES), help=f"comma-separated subset of {','.join(SHARES)}")
     ap.add_argument("--budget-s", type=float, default=450, help="the whole run's time (default: 450)")
-    ap.add_argument("--work", type=Path, help="scratch folder (default: OUT/work)")
+    ap.add_argument("--work", type=Path, help="scratch folder, kept (default: a temporary one, removed after; it "
+                    "holds GBs on the GPU, which must stay out of OUT, whose files come back)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if unknown := [p for p in parts if p not in SHARES]:
         sys.exit(f"--parts: unknown part {unknown[0]!r}; expected some of {', '.join(SHARES)}")
-    work = (args.work or args.out / "work").resolve()
+    work = (args.work or Path(tempfile.mkdtemp(prefix="alphasweep-gpu-check-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget_s
     result = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "budget_s": args.budget_s}
-    with (work / LOG_NAME).open("w") as log:
+    with (args.out / LOG_NAME).open("w") as log:  # written as the parts run: a cut-off run still has it
         for i, name in enumerate(parts):
             left = deadline - time.monotonic()
             if left < 5:
@@ -164,7 +168,8 @@ def main() -> None:
             (args.out / JSON_NAME).write_text(json.dumps(result, indent=2, default=str) + "\n")
             status = "ok" if result[name]["ok"] else f"FAILED: {result[name]['error']}"
             print(f"[gpu-check] {name}: {status} ({result[name]['seconds']} s)", flush=True)
-    (args.out / LOG_NAME).write_bytes((work / LOG_NAME).read_bytes()[-8_000_000:])
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
     for key, t in result["targets"].items():
         print(f"[gpu-check] {key:36} {_fmt(t['value']):>10} target {_fmt(t['target'])}: "
               f"{'met' if t['met'] else 'not measured' if t['met'] is None else 'MISSED'}")

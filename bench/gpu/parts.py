@@ -182,6 +182,7 @@ def sweep(figures: Figures, sizes: Sizes, work: Path) -> None:
         started = time.time()
         done = subprocess.run(command, check=False, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         figures.set(wall_s=time.time() - started, exit_code=done.returncode)
+    print("\n".join((work / "sweep.log").read_text(errors="replace").splitlines()[-40:]))  # into check.py's log
     trials = trial_records(out / "mlflow.db", memory.samples)
     startups = [t["startup_s"] for t in trials if t.get("startup_s") is not None]
     figures.set(trials=trials, startup_s_median=statistics.median(startups) if startups else None)
