@@ -65,6 +65,8 @@ REPLACED_ON_MACHINE = {
 }
 # Requirements left out on purpose: nothing a sweep runs needs them.
 OMITTED = {
+    "optuna-dashboard": "a web UI over a sweep's Optuna storage, served where a user reads the study, not where "
+                        "the sweep trains",
     "py-spy": "a profiler the dashboard runs as a program on request (stack dumps, flame graphs); its binary "
               "would land in a bin/ folder nobody puts on PATH there",
 }
