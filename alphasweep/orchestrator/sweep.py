@@ -1,8 +1,10 @@
 """The sweep driver: for each (model, domain) pair, probe, then search objectives with Tune + Optuna.
 
-Resume and extend work the same way (stack notes 2 and 8): the Optuna study in its RDB storage is the
-source of truth. A new Tuner continues the study; trials a dead driver left RUNNING are marked FAIL and
-retried; the Tuner runs only the trials the budget still lacks. Tune's own restore is never used.
+Resume and extend work the same way: the Optuna study in its RDB storage is the record of a sweep. A new
+Tuner continues the study; trials a dead driver left RUNNING (or enqueued and never started) are marked
+FAIL and retried; the Tuner runs only the trials the budget still lacks. Tune's own experiment restore is
+never used (after a hard kill it breaks on an RDB-backed study, and it cannot extend a finished
+experiment; docs/upstream.md).
 """
 
 from __future__ import annotations
@@ -12,100 +14,56 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
+import ray
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from alphasweep.config import ConfigError, SweepConfig
-from alphasweep.evaluation.actor import get_evaluator
+from alphasweep.console import quiet_libraries
+from alphasweep.evaluation.actor import get_evaluator_pool
+from alphasweep.objectives import parse_objective
 from alphasweep.orchestrator import tracking
-from alphasweep.orchestrator.space import SearchSpace, point_of
+from alphasweep.orchestrator.results import (
+    FINISHED,
+    finished_trials,
+    load_study,
+    objective_name,
+    objective_table,
+    pair_summary,
+    study_name,
+)
+from alphasweep.orchestrator.space import MLFLOW_RUN, PairSearch, SearchSpace, objective_of, point_of
 from alphasweep.orchestrator.trial import PairJob, run_trial
+from alphasweep.plots import plot_objective_scores, plot_weights
+from alphasweep.probe import probe_capability
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SEARCH_METRIC = "score"
 SIGNALS = {"heldout_nll": ("heldout_nll", "min"), "benchmark": ("signal_score", "max")}  # ASHA's metric, mode
-SKIPPED = "skipped"  # user attr of a proposal that repeated an earlier objective and never ran
-GUIDED_REDRAWS, MAX_REDRAWS = 5, 20
-
-
-class PairSearch(OptunaSearch):
-    """OptunaSearch that tags each config with its Optuna trial number and keeps training reports out
-    of the study. A trial ASHA stops never reports `score`, so Optuna records it as PRUNED with no value
-    (TPE ranks it below every complete trial) rather than COMPLETE with an early, misleading value;
-    an intermediate held-out NLL would otherwise become the pruned trial's value in a study that
-    maximises accuracy. The training curves live in MLflow."""
-
-    def __init__(self, *args, constants: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._constants = constants
-
-    def suggest(self, trial_id: str):
-        """A proposal that repeats an objective already run (TPE often redraws `p` or `original`, which have
-        no parameters) is recorded as a skipped FAIL and redrawn: a rerun would only repeat a known score.
-        After `GUIDED_REDRAWS` repeats the redraws come from a random sampler (a TPE sure of a parameterless
-        objective proposes it again and again); a proposal that still repeats after `MAX_REDRAWS` runs."""
-        guided = self._ot_study.sampler
-        try:
-            for attempt in range(1, MAX_REDRAWS + 1):
-                config = super().suggest(trial_id)
-                if (not isinstance(config, dict) or attempt == MAX_REDRAWS
-                        or not self._repeats(config, self._ot_trials[trial_id].number)):
-                    break
-                repeat = self._ot_trials.pop(trial_id)
-                repeat.set_user_attr(SKIPPED, f"repeats {_point_name(config)}")
-                self._ot_study.tell(repeat, state=TrialState.FAIL)
-                if attempt == GUIDED_REDRAWS:
-                    self._ot_study.sampler = optuna.samplers.RandomSampler(seed=repeat.number)
-        finally:
-            self._ot_study.sampler = guided
-        if isinstance(config, dict):
-            config.update(self._constants, optuna_trial=self._ot_trials[trial_id].number)
-        return config
-
-    def _repeats(self, config: dict, number: int) -> bool:
-        key = (_point_name(config), config.get("learning_rate"))
-        return any((_objective_name(t), t.params.get("learning_rate")) == key
-                   for t in self._ot_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-                   if t.number != number)
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Training reports carry no `score`; the searcher only learns from finished trials."""
-
-
-def study_name(model: str, domain: str) -> str:
-    return f"{model}/{domain}"
 
 
 def fail_stale_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
-    """Trials left RUNNING (or WAITING) by a killed driver become FAIL, so they are retried, not lost."""
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
+    """Trials a killed driver left RUNNING, and enqueued points it never started (WAITING), become FAIL, so
+    they are retried, not lost. Only called before the sweep's one driver starts its Tuner, so every such
+    trial is stale (Optuna's heartbeat-based `fail_stale_trials` does not fit: docs/upstream.md)."""
+    study = load_study(storage, name)
+    if study is None:
         return 0
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    study_id = storage.get_study_id_from_name(name)
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
     for t in stale:
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+                                       TrialState.FAIL)
     return len(stale)
 
 
-def finished_trials(storage, name: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=FINISHED)
-    except KeyError:
-        return []
-
-
 def _probe(job: PairJob):
-    import ray
-
-    from alphasweep.probe import probe_capability
-
     remote = ray.remote(num_cpus=1, num_gpus=min(job.train.gpus_per_worker, 1))(probe_capability)
     return ray.get(remote.remote(job.model_path, job.data, max_length=job.train.max_length, seed=job.train.seed))
 
@@ -131,33 +89,71 @@ class PairRun:
         """Run the trials the pair still needs to reach `budget`; returns the pair's summary."""
         name, client = self.name, self.client
         stale = fail_stale_trials(self.storage, name)
-        remaining = budget - len(finished_trials(self.storage, name))
-        self.log(f"[{name}] {budget - remaining}/{budget} trials done"
-                 + (f", {stale} interrupted trial(s) marked failed" if stale else ""))
-        parent = tracking.open_parent_run(client, self.exp_id, self.job.model, self.job.domain)
-        study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize", load_if_exists=True)
-        probe = self._probe_once(study, parent)
-        self.log(f"[{name}] probe: mean p {probe['probe_mean_p']:.3f} -> {probe['continuum']}")
-        if remaining > 0:
-            self._search(study, parent, self._warm_points(study, probe)[:remaining], remaining)
-        summary = pair_summary(study, self.job.model, self.job.domain)  # the study reads trials from storage
-        if summary["best_objective"]:
-            from alphasweep.objectives import parse_objective, plot_weights
-            from alphasweep.orchestrator.report import alpha_points, plot_score_vs_alpha
-
-            client.set_tag(parent, "best_objective", summary["best_objective"])
-            client.log_metric(parent, "best_score", summary["best_score"])
-            points = alpha_points(study)
-            tracking.log_png(client, parent, lambda p: plot_score_vs_alpha({name: points}, p), "score_vs_alpha.png")
-            tracking.log_png(client, parent,
-                             lambda p: plot_weights([parse_objective(o) for o in summary["scores"]], p), "weights.png")
+        done = len(finished_trials(self.storage, name))
+        parent = tracking.open_parent_run(client, self.exp_id, self.job.model, self.job.domain, self.pair_config())
+        try:
+            summary = self._run_in(parent, stale, done, budget)
+        except BaseException:  # a hub id that does not load, an interrupt: the parent run says so
+            tracking.close_parent_run(client, parent, status="FAILED")
+            raise
         tracking.close_parent_run(client, parent)
         return summary
+
+    def _run_in(self, parent: str, stale: int, done: int, budget: int) -> dict:
+        name, client = self.name, self.client
+        remaining = budget - done
+        study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize", load_if_exists=True)
+        study.set_metric_names([SEARCH_METRIC])
+        probe = self._probe_once(study, parent)
+        points = self._warm_points(study, probe)[:remaining]
+        parts = [f"probe: mean p {probe['probe_mean_p']:.3f} ({probe['continuum']})"]
+        if done or stale:
+            parts.append(f"{done}/{budget} trials done"
+                         + (f", {stale} interrupted trial(s) marked failed" if stale else ""))
+        if remaining > 0:
+            parts.append(f"{remaining} to run, {self.cfg.budget.max_concurrent} at a time"
+                         + (f", first: {', '.join(objective_of(p).name for p in points)}" if points else ""))
+        self.log(f"[{name}] " + " | ".join(parts))
+        if remaining > 0:
+            if points:  # what ran first, beside the probe's suggestions (those outside the search's families do not)
+                study.set_user_attr("warm_start", [objective_of(p).name for p in points])
+            self._search(study, parent, points, remaining, done, budget)
+        summary = pair_summary(study, self.job.model, self.job.domain)  # the study reads trials from storage
+        if summary["best_objective"]:
+            rows = objective_table(study)
+            client.log_metric(parent, "best_score", summary["best_score"])
+            client.set_tag(parent, "best_objective", summary["best_objective"])
+            tracking.log_results(client, parent, rows, self.exp_id)
+            tracking.log_png(client, parent, lambda p: plot_objective_scores(
+                {r["objective"]: r["score"] for r in rows}, p, title=name), "score_vs_alpha.png")
+            tracking.log_png(client, parent,
+                             lambda p: plot_weights([parse_objective(o) for o in summary["scores"]], p), "weights.png")
+        return summary
+
+    def pair_config(self) -> dict:
+        """What every trial of the pair shares, as the parent run records it."""
+        cfg, job = self.cfg, self.job
+        model = next(m for m in cfg.models if m.name == job.model)
+        domain = next(d for d in cfg.domains if d.name == job.domain)
+        return {"model": model.model_dump(mode="json"),
+                "domain": domain.model_dump(mode="json", exclude={"train_overrides"}),
+                "train": job.train.model_dump(mode="json"), "eval": job.eval.model_dump(mode="json"),
+                **{k: getattr(cfg, k).model_dump(mode="json") for k in ("search", "budget", "scheduler")}}
+
+    def trial_config(self, config: dict) -> dict:
+        """One trial's own config, as its child run records it: its objective and what it trained with."""
+        job = self.job
+        lr = config.get("learning_rate") or config["train_learning_rate"]
+        return {**tracking.run_params(objective_of(config), lr), "seed": config.get("seed", job.train.seed),
+                "optuna_trial": config["optuna_trial"], "model": {"name": job.model, "path": job.model_path},
+                "domain": job.domain, "data": job.data.model_dump(mode="json"),
+                "benchmarks": [b.model_dump(mode="json") for b in job.benchmarks],
+                "train": {**job.train.model_dump(mode="json"), "learning_rate": lr},
+                "eval": job.eval.model_dump(mode="json")}
 
     def _probe_once(self, study: optuna.Study, parent: str) -> dict:
         """The probe's figures, measured on the first run and kept in the study for every later one."""
         if "probe" not in study.user_attrs:
-            self.log(f"[{self.name}] probing the base model on {self.job.data.path}")
             result = _probe(self.job)
             study.set_user_attr("probe", {**result.metrics(), "continuum": result.continuum,
                                           "suggestions": result.suggestions})
@@ -169,27 +165,28 @@ class PairRun:
     def _warm_points(self, study: optuna.Study, probe: dict) -> list[dict]:
         """The config's `enqueue` list, then the probe's suggestions: those allowed and not yet run, in order."""
         search = self.cfg.search
-        tried = {_objective_name(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
+        tried = {objective_name(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
         points, seen = [], set()
         for obj_name in list(search.enqueue) + (probe["suggestions"] if search.probe_warm_start else []):
-            point = point_of(obj_name, search) if _family_allowed(obj_name, self.cfg) else None
+            point = point_of(obj_name, search) if parse_objective(obj_name).family in search.families else None
             if point and obj_name not in tried and obj_name not in seen:
                 points.append(point)
                 seen.add(obj_name)
         return points
 
-    def _search(self, study: optuna.Study, parent: str, points: list[dict], remaining: int) -> None:
+    def _search(self, study: optuna.Study, parent: str, points: list[dict], remaining: int, done: int,
+                budget: int) -> None:
         cfg, job, name = self.cfg, self.job, self.name
+        signal = SIGNALS[cfg.scheduler.signal]
+        seed = cfg.search.seed + len(study.trials) + zlib.crc32(name.encode())  # differs per pair and per resume
         searcher = PairSearch(
             SearchSpace(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points or None,
-            # a seed per pair and per resume, so pairs and continued sweeps draw different proposals
-            sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials) + zlib.crc32(name.encode()),
-                                               multivariate=True, group=True, n_startup_trials=4),
-            study_name=name, storage=self.storage,
+            sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4),
+            seed=seed, study_name=name, storage=self.storage, signal=signal,
             constants={"train_learning_rate": job.train.learning_rate},
         )
         if cfg.scheduler.kind == "asha":
-            metric, mode = SIGNALS[cfg.scheduler.signal]
+            metric, mode = signal
             # max_t one past the last step: ASHA stops any trial whose step reaches max_t, and a trial that
             # trained to the end must still be evaluated and report its score
             scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=job.train.steps + 1,
@@ -197,9 +194,10 @@ class PairRun:
                                       reduction_factor=cfg.scheduler.reduction_factor)
         else:
             scheduler = FIFOScheduler()
-        config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        self.log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
-                 + (f"; first: {', '.join(_point_name(p) for p in points)}" if points else ""))
+        tracker = tracking.TrialTracker(self.client, self.exp_id, parent, job.model, job.domain, self.trial_config,
+                                        on_run=lambda trial, run_id: searcher.annotate(trial.trial_id, MLFLOW_RUN,
+                                                                                       run_id))
+        printer = TrialPrinter(name, self.log, total=budget, done=done, concurrency=cfg.budget.max_concurrent)
         trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
         # No actor reuse: killing the trial's actor is what ends the Train run of a trial that ASHA stops.
         tuner = tune.Tuner(
@@ -208,68 +206,73 @@ class PairRun:
                                         max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
             run_config=tune.RunConfig(
                 name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
-                callbacks=[tracking.TrialTracker(self.client, self.exp_id, parent, job.model, job.domain, config_yaml),
-                           TrialPrinter(name, self.log)],
+                callbacks=[tracker, printer, JsonLoggerCallback(), CSVLoggerCallback()],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
         tuner.fit()
 
 
-def _family_allowed(obj_name: str, cfg: SweepConfig) -> bool:
-    from alphasweep.objectives import parse_objective
-
-    return parse_objective(obj_name).family in cfg.search.families
-
-
-def _point_name(point: dict) -> str:
-    from alphasweep.orchestrator.space import objective_of
-
-    return objective_of(point).name
-
-
-def _objective_name(trial: optuna.trial.FrozenTrial) -> str:
-    return _point_name(trial.params)
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class TrialPrinter(tune.Callback):
-    """One progress line per trial event, instead of Tune's wide tables."""
+    """One console line per trial event, instead of Tune's wide tables; each finished trial's line ends with
+    the pair's progress: trials done, running and queued, the time so far and an estimate of the rest (each
+    trial taking the mean time of this run's finished ones, as many at once as the sweep runs)."""
 
-    def __init__(self, pair: str, log):
-        self.pair, self.log = pair, log
+    def __init__(self, pair: str, log, *, total: int, done: int = 0, concurrency: int = 1):
+        self.pair, self.log, self.total, self.done, self.concurrency = pair, log, total, done, concurrency
+        self.started_at = time.monotonic()
+        self.starts: dict[str, float] = {}
+        self.durations: list[float] = []
+
+    def _line(self, trial, what: str) -> str:
+        return f"[{self.pair}] #{trial.config['optuna_trial']} {objective_of(trial.config).name}: {what}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: training")
+        self.starts.setdefault(trial.trial_id, time.monotonic())
+        self.log(self._line(trial, "started"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
+        took = self._finished(trial)
         what = f"score {r['score']:.3f}" if "score" in r else f"stopped early at step {r.get('step', '?')}"
-        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: {what}")
+        self.log(self._line(trial, f"{what} in {_duration(took)}") + self._progress(trials))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: FAILED "
-                 f"({trial.error_file or 'see the Ray logs'})")
+        """The error's own last line (e.g. the evaluator's `ValueError: benchmark ...: line 3: ...`) on the
+        trial's line, then the whole trace (the driver's copy of it, written before this call)."""
+        took = self._finished(trial)
+        error = Path(trial.error_file) if trial.error_file else None
+        text = error.read_text(errors="replace").rstrip() if error and error.is_file() else ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        self.log(self._line(trial, f"FAILED after {_duration(took)}" + (f": {lines[-1]}" if lines else ""))
+                 + self._progress(trials))
+        self.log(text or "(no error file: see the sweep's log)")
 
+    def _finished(self, trial) -> float:
+        took = time.monotonic() - self.starts.pop(trial.trial_id, self.started_at)
+        self.durations.append(took)
+        self.done += 1
+        return took
 
-def pair_summary(study: optuna.Study, model: str, domain: str) -> dict:
-    """Best objective, its score and every objective's score (the best of its trials) for one pair."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    scores: dict[str, float] = {}
-    for t in complete:
-        name = _objective_name(t)
-        scores[name] = max(scores.get(name, float("-inf")), t.value)
-    best = max(complete, key=lambda t: t.value, default=None)
-    probe = study.user_attrs.get("probe", {})
-    return {
-        "model": model, "domain": domain, "continuum": probe.get("continuum"),
-        "probe_mean_p": probe.get("probe_mean_p"),
-        "best_objective": _objective_name(best) if best else None,
-        "best_score": best.value if best else None,
-        "scores": scores,
-        "trials": len(complete),
-        "stopped_early": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
-        "failed": sum(SKIPPED not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
-    }
+    def _progress(self, trials) -> str:
+        running = [t for t in trials if t.status == "RUNNING" and t.trial_id in self.starts]
+        queued = max(self.total - self.done - len(running), 0)
+        if not running and not queued:
+            return ""
+        now, mean = time.monotonic(), sum(self.durations) / len(self.durations)
+        slots = [max(mean - (now - self.starts[t.trial_id]), 0.0) for t in running]
+        slots += [0.0] * max(self.concurrency - len(slots), 0)
+        for _ in range(queued):  # each queued trial takes the slot that frees first
+            slots.sort()
+            slots[0] += mean
+        rest = max(slots)
+        return (f" | {self.done}/{self.total} done, {len(running)} running, {queued} queued"
+                f" | {_duration(now - self.started_at)} elapsed, ~{_duration(rest)} left")
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=print) -> list[dict]:
@@ -277,28 +280,31 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
 
     An interrupted sweep (trials done, budget not met) continues only with `resume` or `extend`, so a
     second run never mixes into an earlier sweep by accident; a finished one just reports again.
+    The inputs are the caller's to check first (`alphasweep.validate`, as the CLI does before Ray starts).
     """
-    from alphasweep.data import load_rows
-
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry no `score`
+    quiet_libraries()
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "sweep.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    for domain in cfg.domains:  # fail on missing data before any trial starts
-        load_rows(domain.train)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
-    evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it
+    tracking.share_view(client, exp_id)
     done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
     if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
                           "pass --resume to continue it, or --extend N to add trials")
-    summaries = []
-    for (model, domain), finished in zip(cfg.pairs(), done, strict=True):
-        job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
-                      benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
-                      storage_path=cfg.checkpoint_root(),
-                      signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
-        budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
-        summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
-    del evaluator
-    return summaries
+    evaluators = get_evaluator_pool(cfg.eval)  # created by the driver, so it outlives every trial that uses it
+    try:
+        summaries = []
+        for (model, domain), finished in zip(cfg.pairs(), done, strict=True):
+            job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
+                          benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
+                          storage_path=cfg.checkpoint_root(),
+                          signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
+            budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
+            summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
+        return summaries
+    finally:
+        # End the dispatcher (a threaded actor) here: left to die with the driver it aborts, and its stack dump
+        # reaches the console after the sweep's last line (a user error's included). Its replicas end cleanly.
+        ray.kill(evaluators)

@@ -1,7 +1,7 @@
 """One Tune trial: fine-tune with the proposed objective (a Ray Train run), then score the checkpoint.
 
 This function is the Tune trainable ("train driver"): it takes a custom `TRAIN_DRIVER` resource and no
-CPU; the Train workers and the evaluator actor hold the real CPUs/GPUs (stack notes 1.2, 1.4).
+CPU; the Train workers and the evaluator actor hold the real CPUs/GPUs (docs/upstream.md).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class PairJob:
 
 def run_trial(config: dict, job: PairJob) -> None:
     started_at = time.time()  # the trial's start-up overhead (`startup_s`) counts from here
-    from alphasweep.evaluation.actor import evaluate_with_timeout, get_evaluator
+    from alphasweep.evaluation.actor import evaluate_on_pool, get_evaluator_pool
     from alphasweep.orchestrator.space import objective_of
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
@@ -54,14 +54,14 @@ def run_trial(config: dict, job: PairJob) -> None:
         signal=job.signal_spec(),
     )
     checkpoint = final_checkpoint_path(trainer.fit())
-    scores = evaluate_with_timeout(get_evaluator(job.eval), checkpoint, job.benchmarks, job.eval.timeout_s,
-                                   limit=job.eval.limit)
+    scores = evaluate_on_pool(get_evaluator_pool(job.eval), checkpoint, job.benchmarks, limit=job.eval.limit)
     if "error" in scores:
         raise RuntimeError(f"evaluation of {checkpoint} failed: {scores['error']}")
     tune.report({
         "score": scores["mean_score"],
         **{f"score/{name}": s for name, s in scores["scores"].items()},
         "eval_seconds": scores["seconds"],
+        "eval_replica": scores["replica"],  # which of the pool's evaluators scored it
         "checkpoint_path": checkpoint,
         "samples": scores["records"][: job.eval.samples_logged],
     })
