@@ -37,7 +37,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+# Each cell is its own process (`--cell`), started with its ATEN_CPU_CAPABILITY already set: torch reads it here.
+import torch  # noqa: E402
 from robustness import PATHS, REGIMES, check_pair  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from alphasweep.config import load_config  # noqa: E402
+from alphasweep.data import collate, load_sft_data  # noqa: E402
+from alphasweep.demo import prepare_demo  # noqa: E402
+from alphasweep.evaluation.actor import Evaluator  # noqa: E402
+from alphasweep.objectives import objective_loss, parse_objective  # noqa: E402
+from alphasweep.probe import probe_capability  # noqa: E402
+from alphasweep.workers.loop import _batches, cosine_with_warmup, seed_everything  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
 OBJECTIVES = ["original", "GeneralFamily-0.25", "GeneralFamily-0.5", "p", "GeneralFamily-4", "OnlyTopLogP-0.5"]
@@ -62,13 +73,6 @@ def _key(**parts) -> str:
 def fine_tune(base: str, data, tc, objective_name: str):
     """The Ray Train worker's loop with one worker: same seeding, data split and order, optimizer, schedule,
     clipping and loss, so the weights are the ones a sweep trial trains (one torch thread)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alphasweep.data import collate, load_sft_data
-    from alphasweep.objectives import objective_loss, parse_objective
-    from alphasweep.workers.loop import _batches, cosine_with_warmup, seed_everything
-
     objective = parse_objective(objective_name)
     seed_everything(tc.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -94,14 +98,7 @@ def fine_tune(base: str, data, tc, objective_name: str):
 
 def run_cell(spec: dict) -> None:
     """Build the demo for one (setting, seed, path), then probe, score the base and fine-tune every objective."""
-    import torch
-
     torch.set_num_threads(1)
-    from alphasweep.config import load_config
-    from alphasweep.demo import prepare_demo
-    from alphasweep.evaluation.actor import Evaluator
-    from alphasweep.probe import probe_capability
-
     raw_cfg = load_config(DEMO, spec["overrides"])
     overrides = [*spec["overrides"], *seed_overrides(raw_cfg.model_dump(), spec["seed"]),
                  f"demo.cache_dir={spec['cache']}"]
@@ -122,7 +119,8 @@ def run_cell(spec: dict) -> None:
         if spec["domains"] and domain.name not in spec["domains"]:
             continue
         tc = cfg.train_for(domain)
-        common = dict(base=raw_cfg.demo.base.model_dump(), tasks={k: v.model_dump() for k, v in raw_cfg.demo.tasks.items()},
+        common = dict(base=raw_cfg.demo.base.model_dump(),
+                      tasks={k: v.model_dump() for k, v in raw_cfg.demo.tasks.items()},
                       domain=raw_domain.model_dump(), train=tc.model_dump(), eval=cfg.eval.model_dump(),
                       path=spec["path"])
         for objective in [None, *spec["objectives"]]:
@@ -166,7 +164,8 @@ def run_all(settings: list[str], seeds: list[int], paths: list[str], objectives:
             for path in paths:
                 out = work / "cells" / f"{name}-s{seed}-{path}.jsonl"
                 specs.append({"setting": name, "overrides": SETTINGS[name], "seed": seed, "path": path,
-                              "objectives": objectives, "domains": domains, "cache": str(work / f"cache-{path}"), "out": str(out)})
+                              "objectives": objectives, "domains": domains, "cache": str(work / f"cache-{path}"),
+                              "out": str(out)})
     running: list[subprocess.Popen] = []
     for spec in specs:
         while len(running) >= parallel:
