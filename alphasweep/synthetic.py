@@ -5,7 +5,7 @@ The demo's base model is pretrained on `addition` and on `recode-mixed`, and fin
 - `addition` (model-strong): the base knows it;
 - `recode` (intermediate): 4 digits written in a digit code. The base half knows it: in pretraining it saw
   every digit written in one of 4 codes at random (`recode-mixed`), so it gives the right digit about 1/4;
-- `cipher` (model-weak): 4 digits written in letters, which the base has never produced.
+- `cipher` (model-weak): sums without a carry answered in letters, which the base has never produced.
 
 Benchmark rows are drawn first and excluded from every training set, so scores are on held-out problems.
 Why these tasks: docs/continuum-setting.md.
@@ -46,8 +46,13 @@ def _recode_mixed(rng: random.Random) -> tuple[str, str]:
 
 
 def _cipher(rng: random.Random) -> tuple[str, str]:
-    digits = _digits(rng)
-    return f"#{digits}>", digits.translate(_LETTERS)
+    """A sum the base can do, answered in letters, which it has never written: after `=` it is all but sure
+    of a digit (a letter at p ~ 1e-12), so `p`-like objectives get no gradient to start from. Only sums
+    without a carry: each letter then stands for one column (a carried letter-sum stalls NLL as well)."""
+    while True:
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        if a % 10 + b % 10 < 10 and a // 10 + b // 10 < 10:
+            return f"{a}+{b}=", str(a + b)[::-1].translate(_LETTERS)
 
 
 TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
