@@ -1,6 +1,8 @@
 """Synthetic tasks for tests and the embedded demo: problems a tiny model can learn in seconds.
 
-The demo's base model is pretrained on `addition` and on `recode-mixed`, and fine-tuned on three domains:
+The demo's base model is pretrained on `addition`, `recode-mixed` and `copy` (4 digits repeated: it gives NLL a
+path from the input digits to the output that the letters of `cipher` reuse; without it NLL learnt the
+letters 3x slower on one numeric path), and fine-tuned on three domains:
 
 - `addition` (model-strong): the base knows it;
 - `recode` (intermediate): 4 digits written in a digit code. The base half knows it: in pretraining it saw
@@ -45,6 +47,11 @@ def _recode_mixed(rng: random.Random) -> tuple[str, str]:
     return f"@{digits}>", "".join(d.translate(_CODES[rng.randrange(len(_CODES))]) for d in digits)
 
 
+def _copy(rng: random.Random) -> tuple[str, str]:
+    digits = _digits(rng)
+    return f"#{digits}>", digits
+
+
 def _cipher(rng: random.Random) -> tuple[str, str]:
     """A sum the base can do, answered in letters, which it has never written: after `=` it is all but sure
     of a digit (a letter at p ~ 1e-12), so `p`-like objectives get no gradient to start from. Only sums
@@ -56,7 +63,7 @@ def _cipher(rng: random.Random) -> tuple[str, str]:
 
 
 TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
-    "addition": _addition, "recode": _recode, "recode-mixed": _recode_mixed, "cipher": _cipher}
+    "addition": _addition, "recode": _recode, "recode-mixed": _recode_mixed, "copy": _copy, "cipher": _cipher}
 
 
 def _wrong_answer(answer: str, rng: random.Random) -> str:
