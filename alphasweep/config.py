@@ -201,7 +201,8 @@ class StorageSpec(_Strict):
 class DemoBase(_Strict):
     """How the demo's tiny base model is built (see tinykit.build_base)."""
 
-    pretrain_tasks: dict[str, int] = Field(default_factory=lambda: {"addition": 9000, "recode-mixed": 3000, "copy": 2000})
+    pretrain_tasks: dict[str, int] = Field(
+        default_factory=lambda: {"addition": 9000, "recode-mixed": 3000, "copy": 2000})
     steps: int = Field(2500, ge=0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
