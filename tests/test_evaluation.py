@@ -80,7 +80,8 @@ def test_finetuned_model_beats_untrained_twin_through_the_actor(ray_mod, finetun
     assert "error" not in trained and "error" not in untrained, (trained.get("error"), untrained.get("error"))
     assert trained["n"] == {"addition": 64} and untrained["n"] == {"addition": 64}
     scores = (trained["scores"]["addition"], untrained["scores"]["addition"])
-    assert scores[0] >= 0.4 and scores[1] <= 0.05, scores
+    # the demo base scores 1.0 on these 64 on every numeric path (no variable, avx2, default); the untrained twin 0
+    assert scores[0] >= 0.9 and scores[1] <= 0.05, scores
     assert trained["mean_score"] == trained["scores"]["addition"]
     rec = trained["records"][0]
     assert set(rec) >= {"benchmark", "prompt", "completion", "extracted", "gold", "correct"}
