@@ -67,6 +67,7 @@ def train(config_path, objective, model_name, domain_name, overrides, address):
     """Fine-tune one model on one domain with one objective (a Ray Train run)."""
     from alphasweep.objectives import parse_objective
     from alphasweep.workers.progress import PrintProgress
+    from alphasweep.workers.setup import TrainJob
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
     cfg = load_config(config_path, list(overrides))
@@ -76,10 +77,11 @@ def train(config_path, objective, model_name, domain_name, overrides, address):
     check_local_paths(cfg)
     _init_ray(address)
     name = f"train-{model.name}-{domain.name}-{obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({cfg.train_for(domain).steps} steps, "
-               f"{cfg.train.workers} worker(s))")
-    trainer = build_trainer(model_path=model.path, data=domain.train, train=cfg.train_for(domain), objective=obj.name,
-                            storage_path=cfg.checkpoint_root(), name=name, callbacks=[PrintProgress("  ")])
+    settings = cfg.train_for(domain)
+    length = f"{settings.steps} steps" if settings.steps else f"{settings.epochs:g} epoch(s)"
+    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({length}, {settings.workers} worker(s))")
+    job = TrainJob(model_path=model.path, objective=obj, data=domain.train, train=settings)
+    trainer = build_trainer(job, storage_path=cfg.checkpoint_root(), name=name, callbacks=[PrintProgress("  ")])
     result = trainer.fit()
     click.echo(f"final checkpoint: {final_checkpoint_path(result)}")
 

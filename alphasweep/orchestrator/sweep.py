@@ -25,7 +25,7 @@ from alphasweep.config import ConfigError, SweepConfig
 from alphasweep.evaluation.actor import get_evaluator
 from alphasweep.orchestrator import tracking
 from alphasweep.orchestrator.space import SearchSpace, point_of
-from alphasweep.orchestrator.trial import PairJob, run_trial
+from alphasweep.orchestrator.trial import PairJob, failure_config, trainable
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SEARCH_METRIC = "score"
@@ -192,7 +192,9 @@ class PairRun:
             metric, mode = SIGNALS[cfg.scheduler.signal]
             # max_t one past the last step: ASHA stops any trial whose step reaches max_t, and a trial that
             # trained to the end must still be evaluated and report its score
-            scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=job.train.steps + 1,
+            # (with `epochs` the last step is known only once the trial has loaded its data: any bound past it does)
+            last_step = job.train.steps or 2**31
+            scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=last_step + 1,
                                       grace_period=cfg.scheduler.grace_steps,
                                       reduction_factor=cfg.scheduler.reduction_factor)
         else:
@@ -200,17 +202,16 @@ class PairRun:
         config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         self.log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
                  + (f"; first: {', '.join(_point_name(p) for p in points)}" if points else ""))
-        trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
         # No actor reuse: killing the trial's actor is what ends the Train run of a trial that ASHA stops.
         tuner = tune.Tuner(
-            trainable,
+            trainable(job),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                         max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
             run_config=tune.RunConfig(
                 name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
                 callbacks=[tracking.TrialTracker(self.client, self.exp_id, parent, job.model, job.domain, config_yaml),
                            TrialPrinter(name, self.log)],
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=failure_config(job), checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
         tuner.fit()

@@ -97,6 +97,9 @@ class TrialTracker(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         from alphasweep.orchestrator.space import objective_of
 
+        if trial.trial_id in self.runs:  # Tune restarted the trial from its checkpoint: same trial, same run
+            return
+
         cfg = trial.config
         obj = objective_of(cfg)
         lr = cfg.get("learning_rate") or cfg["train_learning_rate"]
