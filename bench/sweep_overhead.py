@@ -7,8 +7,10 @@ starts a Ray Train run from every trial (the path every trial took before `tune`
 one-worker trial's loop inside the Tune trial. Overhead = trial start -> first training step: the
 `startup_s` metric of each trial's first report (from the trial function's start, imports included; the
 trial actor's own process start comes before it and shows in the wall time and CPU figures), read from
-Tune's per-trial `result.json`. Busy share = CPU time used by all processes divided by (wall time x cores),
-sampled while the sweep runs. Each runner's table shows where the CPU went, per kind of process (a Ray
+Tune's per-trial `result.json`. Busy share = CPU time used by the sweep's own processes (the CLI, the
+local Ray instance it starts, every worker and actor) divided by (wall time x cores), sampled while the
+sweep runs; the machine-wide share (every process on the machine) is printed beside it, since on a shared
+machine other work fills the cores too. Each runner's table shows where the CPU went, per kind of process (a Ray
 worker that hosts an actor is titled `ray::<Class>`; a Tune trial is `ray::ImplicitFunc`), per trial.
 Targets: overhead median <= 5 s, busy >= 85%. The last line is the runner the config itself resolves to.
 """
@@ -82,7 +84,8 @@ class Measure:
     wall: float
     overhead_median: float
     overhead_max: float
-    busy: float
+    busy: float  # the sweep's own processes
+    machine_busy: float  # every process on the machine
     load: tuple[float, float]  # 1-minute load average before and after
     by_kind: collections.Counter
     counts: collections.Counter
@@ -101,8 +104,9 @@ def measure(config: str | None, overrides: list[str], runner: str) -> Measure:
             sys.exit(log.read_text()[-4000:])
         used = sum(getattr(cpu1, f) - getattr(cpu0, f) for f in ("user", "system", "nice"))
         overheads = trial_overheads(Path(tmp) / "out" / "ray")
+    capacity = wall * psutil.cpu_count()
     return Measure(runner, len(overheads), wall, statistics.median(overheads), max(overheads),
-                   used / (wall * psutil.cpu_count()), (load0, load1), by_kind, counts)
+                   sum(by_kind.values()) / capacity, used / capacity, (load0, load1), by_kind, counts)
 
 
 def main() -> None:
@@ -123,15 +127,17 @@ def main() -> None:
           + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
     for m in results:
         print(f"\ntrain.runner={m.runner}: {m.trials} trials in {m.wall:.0f} s; overhead (start -> first step) "
-              f"median {m.overhead_median:.1f} s, max {m.overhead_max:.1f} s; CPU busy {m.busy:.0%}; load average "
+              f"median {m.overhead_median:.1f} s, max {m.overhead_max:.1f} s; CPU busy {m.busy:.0%} (machine "
+              f"{m.machine_busy:.0%}); load average "
               f"{m.load[0]:.1f} before, {m.load[1]:.1f} after")
         print(f"CPU seconds by process kind ({sum(m.by_kind.values()):.0f} s in all):")
         for kind, seconds in m.by_kind.most_common():
             print(f"  {kind:26s} {m.counts[kind]:4d} processes {seconds:7.1f} s  "
                   f"({seconds / m.trials:.1f} s per trial)")
-    print(f"\n{'runner':<12}{'wall s':>8}{'overhead median s':>19}{'max s':>7}{'busy':>6}")
+    print(f"\n{'runner':<12}{'wall s':>8}{'overhead median s':>19}{'max s':>7}{'busy':>6}{'machine':>9}")
     for m in results:
-        print(f"{m.runner:<12}{m.wall:>8.0f}{m.overhead_median:>19.1f}{m.overhead_max:>7.1f}{m.busy:>6.0%}")
+        print(f"{m.runner:<12}{m.wall:>8.0f}{m.overhead_median:>19.1f}{m.overhead_max:>7.1f}{m.busy:>6.0%}"
+              f"{m.machine_busy:>9.0%}")
     last = results[-1]
     print(f"sweep overhead: median {last.overhead_median:.1f} s (target <= 5), "
           f"busy {last.busy * 100:.0f}% (target >= 85)")

@@ -25,7 +25,8 @@ from alphasweep.config import BenchmarkSpec, DataSpec, EvalConfig, TrainConfig
 from alphasweep.evaluation.actor import Evaluator
 from alphasweep.objectives import parse_objective
 from alphasweep.tinykit import build_base
-from alphasweep.workers.setup import SignalSpec, TrainJob
+from alphasweep.workers.setup import TrainJob
+from alphasweep.workers.signals import SignalSpec
 from alphasweep.workers.trainer import build_trainer, final_checkpoint_path, train_in_trial
 
 RUNNERS = ["tune", "ray_train"]

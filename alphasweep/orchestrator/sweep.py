@@ -25,7 +25,7 @@ from alphasweep.config import ConfigError, SweepConfig
 from alphasweep.evaluation.actor import get_evaluator
 from alphasweep.orchestrator import tracking
 from alphasweep.orchestrator.space import SearchSpace, point_of
-from alphasweep.orchestrator.trial import PairJob, failure_config, trainable
+from alphasweep.orchestrator.trial import PairJob, failure_config, reuse_actors, trainable
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SEARCH_METRIC = "score"
@@ -202,11 +202,11 @@ class PairRun:
         config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         self.log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
                  + (f"; first: {', '.join(_point_name(p) for p in points)}" if points else ""))
-        # No actor reuse: killing the trial's actor is what ends the Train run of a trial that ASHA stops.
         tuner = tune.Tuner(
             trainable(job),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
+                                        max_concurrent_trials=cfg.budget.max_concurrent,
+                                        reuse_actors=reuse_actors(job)),
             run_config=tune.RunConfig(
                 name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
                 callbacks=[tracking.TrialTracker(self.client, self.exp_id, parent, job.model, job.domain, config_yaml),

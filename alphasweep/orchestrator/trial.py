@@ -54,11 +54,19 @@ def failure_config(job: PairJob) -> tune.FailureConfig:
     return tune.FailureConfig(max_failures=job.train.max_failures if job.train.runs_in_trial else 0)
 
 
+def reuse_actors(job: PairJob) -> bool:
+    """A trial that trains in itself hands its process (Ray, torch and transformers imported, on a GPU the CUDA
+    context) to the pair's next trial. A trial that runs Ray Train does not: killing its actor is what ends
+    the Train run of a trial that ASHA stops."""
+    return job.train.runs_in_trial
+
+
 def run_trial(config: dict, job: PairJob) -> None:
     started_at = time.time()  # the trial's start-up overhead (`startup_s`) counts from here, imports included
     from alphasweep.evaluation.actor import evaluate_with_timeout, get_evaluator
     from alphasweep.orchestrator.space import objective_of
-    from alphasweep.workers.setup import SignalSpec, TrainJob
+    from alphasweep.workers.setup import TrainJob
+    from alphasweep.workers.signals import SignalSpec
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path, train_in_trial
 
     lr = config.get("learning_rate")

@@ -18,11 +18,10 @@ import torch
 import torch.distributed as dist
 
 from alphasweep.data import Example, collate
-from alphasweep.evaluation.actor import Evaluator
 from alphasweep.objectives import objective_loss_with_stats, parse_objective
-from alphasweep.workers.checkpoints import save_checkpoint, unwrap
+from alphasweep.workers.checkpoints import save_checkpoint
 from alphasweep.workers.session import Session
-from alphasweep.workers.setup import SignalSpec, TrainJob, setup
+from alphasweep.workers.setup import TrainJob, setup
 
 NLL = parse_objective("original")
 
@@ -31,7 +30,6 @@ def train(job: TrainJob, session: Session) -> list[dict]:
     """Run `job` from where its latest checkpoint left it; returns the metrics of every report of this attempt."""
     run = setup(job, session)
     tc, model = job.train, run.model
-    signal = BenchmarkSignal(job.signal) if job.signal else None
     pad_id = run.tokenizer.pad_token_id
     history: list[dict] = []
     window = Window()
@@ -63,8 +61,8 @@ def train(job: TrainJob, session: Session) -> list[dict]:
             metrics["startup_s"] = run.startup_s
         if evaluate and run.heldout:
             metrics["heldout_nll"] = heldout_nll(model, run.heldout, pad_id, run.micro, session, run.autocast)
-        if evaluate and signal:
-            metrics["signal_score"] = signal(model, run.tokenizer, step)
+        if evaluate and run.signal:
+            metrics["signal_score"] = run.signal(model, run.tokenizer, step)
         window = Window()
         if final or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
             with tempfile.TemporaryDirectory(prefix="alphasweep-ckpt-") as tmp:
@@ -168,23 +166,3 @@ def heldout_nll(model, examples: list[Example], pad_id: int, batch_size: int, se
     model.train()
     total, tokens = all_reduce_sum([total, tokens], session.device)
     return total / max(tokens, 1.0)
-
-
-class BenchmarkSignal:
-    """Accuracy of the model being trained on a few benchmark items: an intermediate signal comparable
-    across objectives (held-out NLL favours NLL itself). Every rank generates the same prompts (FSDP
-    gathers weights in each forward); greedy decoding keeps the ranks in step."""
-
-    def __init__(self, spec: SignalSpec):
-        self.benchmarks, self.limit = list(spec.benchmarks), spec.limit
-        eval_cfg = spec.eval.model_copy(update={"backend": "hf", "temperature": 0.0, "n_samples": 1})
-        self.evaluator = Evaluator(eval_cfg, log=None)
-
-    def __call__(self, model, tokenizer, step: int) -> float:
-        inner = unwrap(model)
-        inner.eval()
-        try:
-            result = self.evaluator.evaluate_model(inner, tokenizer, self.benchmarks, self.limit, f"step {step}")
-        finally:
-            inner.train()
-        return result["mean_score"]

@@ -20,21 +20,12 @@ import torch
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alphasweep.config import BenchmarkSpec, DataSpec, EvalConfig, TrainConfig
+from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import Example, load_sft_data, pack
 from alphasweep.objectives import Objective
 from alphasweep.workers.checkpoints import load_trainer_state
 from alphasweep.workers.session import Session
-
-
-@dataclass(frozen=True)
-class SignalSpec:
-    """Score the first `limit` items of each benchmark inside the worker every `eval_every` steps
-    (`signal_score`, ASHA's benchmark signal), with the sweep's eval settings and the hf backend."""
-
-    benchmarks: tuple[BenchmarkSpec, ...]
-    limit: int
-    eval: EvalConfig
+from alphasweep.workers.signals import BenchmarkSignal, SignalSpec
 
 
 @dataclass(frozen=True)
@@ -67,6 +58,7 @@ class Training:
     counters: dict[str, int]  # skipped_steps, resumes: carried across restarts in the checkpoint
     resumed: bool
     autocast: contextlib.AbstractContextManager
+    signal: BenchmarkSignal | None  # the benchmark signal, when the job asks for it
     startup_s: float  # from `job.started_at` to now, the moment before the first step
 
 
@@ -104,6 +96,7 @@ def setup(job: TrainJob, session: Session) -> Training:
     for _ in range(step):  # a resumed run sees the same data order as an uninterrupted one
         next(batches)
     use_bf16 = tc.bf16 and session.device.type == "cuda"
+    signal = BenchmarkSignal(job.signal) if job.signal else None
     startup_s = time.time() - job.started_at
     if session.rank == 0:
         print(f"[alphasweep] {job.objective.name}: {len(rows)} rows ({data.stats}), {session.world} worker(s), "
@@ -113,7 +106,7 @@ def setup(job: TrainJob, session: Session) -> Training:
     return Training(
         model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, batches=batches,
         heldout=data.heldout, micro=micro, accum=accum, total_steps=total_steps, step=step, counters=counters,
-        resumed=bool(resume_dir), startup_s=startup_s,
+        resumed=bool(resume_dir), startup_s=startup_s, signal=signal,
         autocast=torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext(),
     )
 
