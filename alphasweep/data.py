@@ -2,24 +2,18 @@
 
 Two row formats: `prompt_completion` (raw `prompt + completion + EOS`, as the base model reads text)
 and chat `messages` (rendered with the tokenizer's chat template; loss on every assistant turn).
-Bad rows raise a `DataError` naming the file, row and field, or are skipped and counted.
+Bad rows raise a `DataError` naming the file, line (or row) and field, or are skipped and counted.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from alphasweep.config import DataSpec
-
-_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """A problem with the SFT data that the user must fix (or skip with `skip_bad_rows: true`)."""
+from alphasweep.rows import DataError, Row, check_sft_row, load_rows
 
 
 @dataclass
@@ -35,45 +29,9 @@ class SFTData:
     stats: dict[str, int] = field(default_factory=dict)  # rows, skipped, truncated
 
 
-def load_rows(spec: DataSpec) -> list[dict]:
-    """Rows as dicts: a local .jsonl/.json/.parquet through `datasets`, else a hub dataset id."""
-    import datasets
-
-    path = Path(spec.path).expanduser()
-    try:
-        if path.suffix in _LOCAL_FORMATS:
-            if not path.is_file():
-                raise DataError(f"data file not found: {path}")
-            ds = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
-        elif path.is_dir() or spec.path.startswith((".", "/")):
-            raise DataError(f"data path {spec.path}: expected a .jsonl, .json or .parquet file or a hub id")
-        else:
-            ds = datasets.load_dataset(spec.path, spec.subset, split=spec.split)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 — datasets raises many types; the user needs the cause in one line
-        raise DataError(f"cannot load data {spec.path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    return list(ds)
-
-
-def _check_row(row: dict, spec: DataSpec) -> None:
-    if spec.format == "prompt_completion":
-        for name in (spec.prompt_field, spec.completion_field):
-            if name not in row or row[name] is None:
-                raise DataError(f"missing field {name!r}")
-            if not isinstance(row[name], str):
-                raise DataError(f"field {name!r}: expected a string, got {type(row[name]).__name__}")
-        if not row[spec.completion_field].strip():
-            raise DataError(f"field {spec.completion_field!r}: empty completion")
-        return
-    messages = row.get(spec.messages_field)
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"field {spec.messages_field!r}: expected a non-empty list of messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataError(f"field {spec.messages_field!r}[{i}]: expected {{role: str, content: str}}")
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise DataError(f"field {spec.messages_field!r}: no non-empty assistant message")
+def load_sft_rows(spec: DataSpec) -> list[Row]:
+    """The rows of the SFT data a spec names, with their places (see `alphasweep.rows.load_rows`)."""
+    return load_rows(spec.path, split=spec.split, subset=spec.subset, what="data")
 
 
 def _encode_prompt_completion(row: dict, spec: DataSpec, tok) -> Example:
@@ -102,20 +60,21 @@ def _encode_messages(row: dict, spec: DataSpec, tok) -> Example:
     return Example(ids, mask)
 
 
-def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int, source: str) -> tuple[list[Example], dict]:
-    """Validate and tokenize rows; truncate to `max_length` and count what was truncated or skipped."""
+def tokenize_rows(rows: list[Row], tokenizer, spec: DataSpec, max_length: int,
+                  source: str) -> tuple[list[Example], dict]:
+    """Check and tokenize rows; truncate to `max_length` and count what was truncated or skipped."""
     if spec.format == "messages" and not tokenizer.chat_template:
         raise DataError(f"{source}: format 'messages' needs a tokenizer with a chat template")
     encode = _encode_prompt_completion if spec.format == "prompt_completion" else _encode_messages
     examples, skipped, truncated = [], 0, 0
-    for i, row in enumerate(rows):
+    for where, row in rows:
         try:
-            _check_row(row, spec)
+            check_sft_row(row, spec)
         except DataError as e:
             if spec.skip_bad_rows:
                 skipped += 1
                 continue
-            raise DataError(f"{source}: row {i}: {e}") from None
+            raise DataError(f"{source}: {where}: {e}") from None
         ex = encode(row, spec, tokenizer)
         if len(ex.input_ids) > max_length:
             truncated += 1
@@ -128,7 +87,7 @@ def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int, 
 
 def load_sft_data(spec: DataSpec, tokenizer, max_length: int, seed: int = 0) -> SFTData:
     """Load, tokenize, shuffle with `seed`, and hold out `spec.heldout` rows for held-out NLL."""
-    examples, stats = tokenize_rows(load_rows(spec), tokenizer, spec, max_length, spec.path)
+    examples, stats = tokenize_rows(load_sft_rows(spec), tokenizer, spec, max_length, spec.path)
     random.Random(seed).shuffle(examples)
     n_heldout = min(spec.heldout, len(examples) // 5)
     return SFTData(train=examples[n_heldout:], heldout=examples[:n_heldout], stats=stats)

@@ -21,6 +21,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray
 import torch
 from ray import tune
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import collate, load_sft_data
@@ -32,8 +33,6 @@ from alphasweep.workers.trainer import build_trainer, train_in_trial
 
 
 def plain_loop(model_path: str, data: DataSpec, tc: TrainConfig, objective: str, warmup: int) -> float:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch.manual_seed(tc.seed)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)

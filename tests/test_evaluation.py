@@ -1,6 +1,6 @@
 """The evaluator end to end on tiny models: hf backend, the Ray actor, memory, failures, errors.
 
-GPU checks (vLLM against hf, GPU memory across checkpoints) are marked `gpu` and skipped without one.
+The vllm backend has its own tests (test_vllm.py). GPU checks are marked `gpu` and skipped without one.
 """
 
 from __future__ import annotations
@@ -9,20 +9,26 @@ import gc
 import json
 import os
 import shutil
+import signal
+import threading
+import time
 import weakref
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray is imported: it reads the mode at import
 
+import psutil
 import pytest
+import ray
+import torch
+from ray.exceptions import RayActorError
+from transformers import AutoTokenizer
 
 from alphasweep.config import BenchmarkSpec, EvalConfig
 from alphasweep.evaluation.actor import Evaluator, evaluate_with_timeout, get_evaluator
 from alphasweep.evaluation.backends import encode_prompt, resolve_checkpoint
 from alphasweep.evaluation.benchmarks import benchmark_from_string, load_benchmark
 from alphasweep.evaluation.runner import format_table, run_eval
-from alphasweep.synthetic import problems
-from alphasweep.tinykit import build_base
 
 CFG = dict(backend="hf", max_new_tokens=5, batch_size=32)
 
@@ -31,8 +37,6 @@ CFG = dict(backend="hf", max_new_tokens=5, batch_size=32)
 def one_torch_thread():
     """Tiny models are overhead-bound: one thread is as fast, and far faster when the CPUs are shared
     (several torch threads per process on 2 busy cores slowed training here ~15x)."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -41,8 +45,6 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def ray_mod():
-    import ray
-
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -52,13 +54,9 @@ def ray_mod():
 
 
 @pytest.fixture(scope="module")
-def finetuned_model(kit_dir) -> Path:
-    """The tiny base trained on addition (test problems held out) long enough to solve most of them.
-
-    conftest's `addition_model` (300 steps) gets ~6% of the held-out problems right; 600 steps give ~70%.
-    """
-    held_out = [p for p, _ in problems("addition", 64, seed=10_000)]  # = the test.jsonl rows
-    return build_base(kit_dir, pretrain_tasks={"addition": 3000}, exclude={"addition": held_out}, steps=600)
+def finetuned_model(addition_model) -> Path:
+    """conftest's base pretrained on addition, its test problems held out: it solves most of them."""
+    return addition_model
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +85,7 @@ def test_finetuned_model_beats_untrained_twin_through_the_actor(ray_mod, finetun
     assert set(rec) >= {"benchmark", "prompt", "completion", "extracted", "gold", "correct"}
     assert rec["prompt"].endswith("=") and "<|user|>" not in rec["prompt"]  # exact: the raw prompt
     assert sum(r["correct"] for r in trained["records"]) == round(trained["scores"]["addition"] * 64)
-    info = ray_mod.get(actor.__ray_call__.remote(lambda self: self.info()))
+    info = ray_mod.get(actor.info.remote())
     assert info["checkpoint"] == str(tiny_model.resolve()) and info["backend"] == "hf"
     ray_mod.kill(actor, no_restart=True)
 
@@ -114,8 +112,6 @@ def test_model_is_loaded_once_per_checkpoint_and_freed_on_change(finetuned_model
 
 
 def test_host_memory_stays_flat_over_checkpoints(tmp_path, finetuned_model, addition_bench):
-    import psutil
-
     checkpoints = [shutil.copytree(finetuned_model, tmp_path / f"ckpt{i}") for i in range(5)]
     ev = Evaluator(CFG, log=None)
     rss = []
@@ -133,15 +129,9 @@ def test_host_memory_stays_flat_over_checkpoints(tmp_path, finetuned_model, addi
 
 
 def test_actor_survives_crashes(ray_mod, tmp_path, finetuned_model, tiny_model, addition_bench):
-    import signal
-    import threading
-    import time
-
-    from ray.exceptions import RayActorError
-
     actor = _named(ray_mod, "test-eval-crash", max_restarts=3)
     assert "error" not in evaluate_with_timeout(actor, str(tiny_model), [addition_bench], 300)
-    pid = ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    pid = ray_mod.get(actor.info.remote())["pid"]
     # 1. The actor process dies while a request is in flight: that request gets an error result.
     # The benchmark is a named pipe, so the test knows when `evaluate` is running: it is reading it.
     fifo = tmp_path / "pipe.jsonl"
@@ -165,9 +155,9 @@ def test_actor_survives_crashes(ray_mod, tmp_path, finetuned_model, tiny_model, 
     # Ray restarts it; the next request waits for the restart and works, in a new process.
     result = evaluate_with_timeout(actor, str(finetuned_model), [addition_bench], 300)
     assert "error" not in result, result
-    new_pid = ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    new_pid = ray_mod.get(actor.info.remote())["pid"]
     assert new_pid != pid
-    # 2. A crash between requests (injected with __ray_call__): the next request works too.
+    # 2. A crash between requests (the process exits, injected with Ray's `__ray_call__`): the next request works.
     with pytest.raises(RayActorError):
         ray_mod.get(actor.__ray_call__.remote(lambda self: os._exit(1)))
     result = evaluate_with_timeout(actor, str(finetuned_model), [addition_bench], 300)
@@ -203,12 +193,12 @@ def test_user_errors_are_clear(ray_mod, tmp_path, tiny_model, addition_bench):
         ev.evaluate(str(tiny_model), [{"name": "x", "path": str(tmp_path / "x.jsonl"), "format": "exact"}])
     # Through the actor: an error result, and the actor lives on.
     actor = _named(ray_mod, "test-eval-errors")
-    pid = ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    pid = ray_mod.get(actor.info.remote())["pid"]
     result = evaluate_with_timeout(actor, str(tmp_path / "no-such-ckpt"), [addition_bench], 120)
     assert result["error"].startswith("FileNotFoundError: checkpoint not found"), result
     result = evaluate_with_timeout(actor, str(tiny_model), [{"name": "nope"}], 120)
     assert result["error"].startswith("ValueError: unknown benchmark"), result
-    assert ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid())) == pid
+    assert ray_mod.get(actor.info.remote())["pid"] == pid
     ray_mod.kill(actor, no_restart=True)
 
 
@@ -216,8 +206,6 @@ def test_user_errors_are_clear(ray_mod, tmp_path, tiny_model, addition_bench):
 
 
 def test_prompt_rule(tiny_model, tmp_path):
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tiny_model)
     math_file = tmp_path / "m.jsonl"
     math_file.write_text(json.dumps({"problem": "What is 2+3?", "answer": "5"}) + "\n")
@@ -265,85 +253,11 @@ def test_run_eval_writes_records_and_table(tmp_path, finetuned_model, addition_f
     assert spec.format == "exact" and spec.name == addition_files[1].parent.name
 
 
-# ---------------------------------------------------------------- vLLM backend plumbing (no GPU)
-
-_STUB_VLLM = '''
-"""A stand-in for vllm's offline API: answers the addition prompts it is given as token ids."""
-import os
-from transformers import AutoTokenizer
-
-class SamplingParams:
-    def __init__(self, **kw):
-        self.kw = kw
-
-class _Completion:
-    def __init__(self, text):
-        self.text = text
-
-class _Output:
-    def __init__(self, outputs):
-        self.outputs = outputs
-
-class LLM:
-    def __init__(self, model, **kw):
-        if os.path.exists(os.path.join(model, "BROKEN")):
-            raise RuntimeError("engine failed to start")
-        assert kw["dtype"] == "bfloat16" and kw["tensor_parallel_size"] == 1, kw
-        self.tok = AutoTokenizer.from_pretrained(model)
-
-    def get_tokenizer(self):
-        return self.tok
-
-    def generate(self, prompts, params, use_tqdm=True):
-        assert params.kw["temperature"] == 0.0 and not use_tqdm
-        outs = []
-        for p in prompts:
-            a, b = self.tok.decode(p["prompt_token_ids"], skip_special_tokens=True).rstrip("=").split("+")
-            outs.append(_Output([_Completion(str(int(a) + int(b))) for _ in range(params.kw["n"])]))
-        return outs
-'''
-
-
-def _gone(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def test_vllm_backend_runs_the_engine_in_a_child_process(tmp_path, monkeypatch, tiny_model, addition_bench):
-    """The process plumbing of the vLLM backend, with a stub engine: prompts arrive as the same token ids
-    hf would use, a new checkpoint stops the old engine process, close() stops the last one."""
-    (tmp_path / "stub" / "vllm").mkdir(parents=True)
-    (tmp_path / "stub" / "vllm" / "__init__.py").write_text(_STUB_VLLM)
-    monkeypatch.syspath_prepend(str(tmp_path / "stub"))  # spawned children get the parent's sys.path
-    ev = Evaluator({**CFG, "backend": "vllm"}, log=None)
-    assert ev.backend.name == "vllm"
-    result = ev.evaluate(str(tiny_model), [addition_bench], limit=16)
-    assert result["backend"] == "vllm" and result["scores"]["addition"] == 1.0  # token ids round-trip
-    first = ev.backend._proc.pid
-    other = shutil.copytree(tiny_model, tmp_path / "other")
-    ev.evaluate(str(other), [addition_bench], limit=4)
-    second = ev.backend._proc.pid
-    assert second != first and _gone(first)
-    ev.close()
-    assert _gone(second)
-    broken = shutil.copytree(tiny_model, tmp_path / "broken")
-    (broken / "BROKEN").touch()
-    with pytest.raises(RuntimeError, match="engine failed to start"):
-        ev.evaluate(str(broken), [addition_bench], limit=4)
-    assert ev.loaded() is None
-
-
 # ---------------------------------------------------------------- GPU
 
 
 @pytest.mark.gpu
 def test_hf_on_gpu_scores_and_frees_memory(tmp_path, finetuned_model, addition_bench):
-    import torch
-
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     torch.cuda.init()
@@ -360,52 +274,3 @@ def test_hf_on_gpu_scores_and_frees_memory(tmp_path, finetuned_model, addition_b
     ev.close()
     assert torch.cuda.memory_allocated() - allocated_before < 2**20
     assert torch.cuda.memory_reserved() - reserved_before < 2**20
-
-
-
-
-def _needs_vllm():
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("needs vllm (pip install 'alphasweep[vllm]')")
-
-
-@pytest.mark.gpu
-def test_vllm_matches_hf_greedy(finetuned_model, addition_bench):
-    _needs_vllm()
-    hf = Evaluator(CFG, log=None)
-    vl = Evaluator({**CFG, "backend": "vllm", "gpu_memory_utilization": 0.3, "engine_kwargs": {"enforce_eager": True}},
-                   log=None)
-    a = hf.evaluate(str(finetuned_model), [addition_bench])
-    b = vl.evaluate(str(finetuned_model), [addition_bench])
-    hf.close()
-    vl.close()
-    assert b["backend"] == "vllm"
-    same = sum(x["completion"] == y["completion"] for x, y in zip(a["records"], b["records"], strict=True))
-    assert same >= 0.9 * len(a["records"])  # bf16 kernels differ; greedy ties may break differently
-    assert abs(a["scores"]["addition"] - b["scores"]["addition"]) <= 0.1
-
-
-@pytest.mark.gpu
-def test_vllm_gpu_memory_returns_between_checkpoints(tmp_path, finetuned_model, addition_bench):
-    _needs_vllm()
-    import torch
-
-    torch.cuda.init()
-    free_before, total = torch.cuda.mem_get_info()
-    ev = Evaluator({**CFG, "backend": "vllm", "gpu_memory_utilization": 0.3, "engine_kwargs": {"enforce_eager": True}},
-                   log=None)
-    used = []
-    for i in range(3):
-        ckpt = shutil.copytree(finetuned_model, tmp_path / f"ckpt{i}")
-        assert "error" not in ev.evaluate(str(ckpt), [addition_bench], limit=16)
-        used.append(free_before - torch.cuda.mem_get_info()[0])
-    ev.close()
-    free_after = torch.cuda.mem_get_info()[0]
-    assert max(used) - min(used) < 0.05 * total, used  # one engine at a time, not one per checkpoint
-    assert free_before - free_after < 0.02 * total, (free_before, free_after)  # all of it comes back

@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from alphasweep.synthetic import write_task_files
-
 from local_services import mlflow_server as mlflow_server_at
 
 
@@ -217,9 +216,10 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
         time.sleep(1)
         try:
             trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials()
-        except Exception:  # the study does not exist yet
+        except Exception:  # noqa: BLE001 - the study, or its database, is still being created
             continue
-        if sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and any(t.state == TrialState.RUNNING for t in trials):
+        states = [t.state for t in trials]
+        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
             break
     assert driver.poll() is None, "the sweep ended before the test could interrupt it"
     driver.kill()
@@ -234,7 +234,7 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
     runs = _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3, proc.stdout[-3000:]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     finished = [r for r in runs if r.data.tags.get("alphasweep.kind") == "trial" and r.info.status == "FINISHED"]
     numbers = [r.data.tags["optuna_trial"] for r in finished]
@@ -244,6 +244,19 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 4
+
+    # A broken input given to --resume over the finished sweep changes nothing, byte for byte: it is stopped
+    # before Ray starts. (A broken benchmark file used to pass, and the pair's run was reopened and re-logged.)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "1+1=", "completion": "2", "answer": "2"}\n{"prompt": \n')
+    stores = [tmp_path / "out" / name for name in ("optuna.db", "mlflow.db", "sweep.yaml")]
+    before = [p.read_bytes() for p in stores]
+    for field in ("domains.0.train.path", "domains.0.benchmarks.0.path"):
+        proc = _cli("sweep", str(config), "--resume", "--set", f"{field}={broken}", env=_ray_env(ray_local),
+                    timeout=300)
+        assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"{broken}: line 2: not valid JSON" in proc.stderr.strip().splitlines()[-1], proc.stderr
+        assert [p.read_bytes() for p in stores] == before, field
 
 
 @pytest.mark.parametrize(
@@ -263,5 +276,4 @@ def test_bad_sweep_config_fails_before_any_trial(tmp_path, tiny_model, addition_
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert not (tmp_path / "out" / "optuna.db").exists() or not optuna.get_all_study_summaries(
-        f"sqlite:///{tmp_path}/out/optuna.db")
+    assert not (tmp_path / "out").exists()  # stopped before anything was written

@@ -10,30 +10,21 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from alphasweep.config import ConfigError
+from alphasweep.objectives import parse_objective
+from alphasweep.orchestrator.space import objective_of
+from alphasweep.plots import plot_weights
 
 PAIR_TAG, KIND_TAG, OPTUNA_TAG, TUNE_TAG = "alphasweep.pair", "alphasweep.kind", "optuna_trial", "tune_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+NLL = parse_objective("original")  # every trial's W(p) plot shows NLL's for reference
 _NOT_METRICS = {"step", "training_iteration", "timestamp", "time_total_s", "time_this_iter_s", "pid",
                 "time_since_restore", "iterations_since_restore", "optuna_trial"}
-
-
-def check_reachable(uri: str) -> None:
-    """Fail before any trial starts when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as r:
-            r.read()
-    except OSError as e:
-        raise ConfigError(f"tracking server {uri} is unreachable: {getattr(e, 'reason', e)}") from None
 
 
 def open_experiment(uri: str, name: str, local_artifacts: Path) -> tuple[MlflowClient, str]:
@@ -42,7 +33,6 @@ def open_experiment(uri: str, name: str, local_artifacts: Path) -> tuple[MlflowC
     With a local sqlite store, artifacts go to `local_artifacts` (MLflow's default is ./mlruns in the
     current directory); a tracking server decides for itself.
     """
-    check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp:
@@ -65,11 +55,13 @@ def open_parent_run(client: MlflowClient, exp_id: str, model: str, domain: str) 
         run_id = parents[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    run = client.create_run(exp_id, run_name=pair, tags={PAIR_TAG: pair, KIND_TAG: "pair", "model": model, "domain": domain})
+    tags = {PAIR_TAG: pair, KIND_TAG: "pair", "model": model, "domain": domain}
+    run = client.create_run(exp_id, run_name=pair, tags=tags)
     return run.info.run_id
 
 
 def close_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    """FINISHED, or FAILED when the pair stopped on an error (a hub id that does not load, an interrupt)."""
     client.set_terminated(run_id, status=status)
 
 
@@ -95,8 +87,6 @@ class TrialTracker(tune.Callback):
         self.runs: dict[str, str] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        from alphasweep.orchestrator.space import objective_of
-
         if trial.trial_id in self.runs:  # Tune restarted the trial from its checkpoint: same trial, same run
             return
 
@@ -114,7 +104,7 @@ class TrialTracker(tune.Callback):
         for k, v in params.items():
             self.client.log_param(run_id, k, "none" if v is None else v)
         self.client.log_text(run_id, self.config_yaml, "config.yaml")
-        log_png(self.client, run_id, lambda p: _plot_one(obj, p), "weight.png")
+        log_png(self.client, run_id, lambda p: plot_weights([NLL, obj], p), "weight.png")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.runs.get(trial.trial_id)
@@ -138,8 +128,3 @@ class TrialTracker(tune.Callback):
         if run_id:
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
 
-
-def _plot_one(obj, path: Path) -> None:
-    from alphasweep.objectives import parse_objective, plot_weights
-
-    plot_weights([parse_objective("original"), obj], path)

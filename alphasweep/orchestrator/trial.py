@@ -7,6 +7,7 @@
 - through Ray Train (several workers, DDP / FSDP): the trial starts a `TorchTrainer` run whose workers hold
   the CPUs/GPUs, so the trial itself takes only a custom `TRAIN_DRIVER` resource (no CPU); Ray Train
   retries its own workers, so Tune does not restart the trial.
+Either way the evaluator pool's actors hold their own CPUs/GPUs (docs/upstream.md says what each relies on).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def reuse_actors(job: PairJob) -> bool:
 
 def run_trial(config: dict, job: PairJob) -> None:
     started_at = time.time()  # the trial's start-up overhead (`startup_s`) counts from here, imports included
-    from alphasweep.evaluation.actor import evaluate_with_timeout, get_evaluator
+    from alphasweep.evaluation.actor import evaluate_on_pool, get_evaluator_pool
     from alphasweep.orchestrator.space import objective_of
     from alphasweep.workers.setup import TrainJob
     from alphasweep.workers.signals import SignalSpec
@@ -82,14 +83,14 @@ def run_trial(config: dict, job: PairJob) -> None:
         trainer = build_trainer(train_job, storage_path=job.storage_path,
                                 name=f"{job.slug}-trial{config['optuna_trial']:04d}", callbacks=[TuneReportCallback()])
         checkpoint = final_checkpoint_path(trainer.fit())
-    scores = evaluate_with_timeout(get_evaluator(job.eval), checkpoint, job.benchmarks, job.eval.timeout_s,
-                                   limit=job.eval.limit)
+    scores = evaluate_on_pool(get_evaluator_pool(job.eval), checkpoint, job.benchmarks, limit=job.eval.limit)
     if "error" in scores:
         raise RuntimeError(f"evaluation of {checkpoint} failed: {scores['error']}")
     tune.report({
         "score": scores["mean_score"],
         **{f"score/{name}": s for name, s in scores["scores"].items()},
         "eval_seconds": scores["seconds"],
+        "eval_replica": scores["replica"],  # which of the pool's evaluators scored it
         "checkpoint_path": checkpoint,
         "samples": scores["records"][: job.eval.samples_logged],
     })

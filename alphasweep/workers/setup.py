@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 from torch.distributed.fsdp import fully_shard
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import Example, load_sft_data, pack
 from alphasweep.objectives import Objective
+from alphasweep.tokenizer import load_tokenizer
 from alphasweep.workers.checkpoints import load_trainer_state
 from alphasweep.workers.session import Session
 from alphasweep.workers.signals import BenchmarkSignal, SignalSpec
@@ -73,10 +74,8 @@ def setup(job: TrainJob, session: Session) -> Training:
     checkpoint = session.latest_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as resume_dir:
         source = resume_dir or job.model_path
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
         loaded = time.time()
         data = load_sft_data(job.data, tokenizer, tc.max_length, seed=tc.seed)
         tokenized = time.time()

@@ -16,8 +16,8 @@ import ray.train
 import ray.train.torch
 import ray.tune
 from ray.train.torch import TorchConfig
-from ray.train.v2._internal.callbacks import DatasetsCallback
 
+from alphasweep import compat
 from alphasweep.workers.loop import train
 from alphasweep.workers.session import RayTrainSession, TuneTrialSession
 from alphasweep.workers.setup import TrainJob
@@ -44,16 +44,10 @@ def train_loop_per_worker(config: dict) -> list[dict]:
     return train(config["job"], RayTrainSession())
 
 
-class TorchTrainer(ray.train.torch.TorchTrainer):
+class TorchTrainer(compat.WithoutRayDataCallback, ray.train.torch.TorchTrainer):
     """Ray's `TorchTrainer` without its Ray Data callback when the run has no `datasets` (ours never has: the
     loop reads its own files). That callback starts a `DatasetManager` actor for every run, one more process
     importing Ray Data (~1.3 s of CPU) while the run starts; on a small node that slows the other trials."""
-
-    def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
 
 def build_trainer(job: TrainJob, *, storage_path: str, name: str, callbacks: Sequence = ()) -> TorchTrainer:
