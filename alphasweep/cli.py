@@ -1,4 +1,4 @@
-"""The `alphasweep` command: train, eval, probe, sweep, report, submit, validate.
+"""The `alphasweep` command: train, eval, probe, sweep, report, dashboard, submit, validate.
 
 User errors (bad config, missing file, unknown objective) print one line and exit 2, no traceback; that
 holds for a user error raised inside a Ray task or actor too. `sweep`, `train` and `submit` run the
@@ -121,8 +121,11 @@ def train(config_path, objective, model_name, domain_name, overrides, address):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
 @click.option("--address", default=None, help="Ray cluster address (default: a local instance).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the demo's tiny base models (ignore the cache).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show Ray's, Tune's and the libraries' output on the console (by default it goes to "
+                   "OUTPUT_DIR/logs/sweep.log).")
 @_user_errors
-def sweep(config_path, resume, extend, overrides, address, rebuild):
+def sweep(config_path, resume, extend, overrides, address, rebuild, verbose):
     """Search the best objective per (model, domain) pair. No CONFIG: the embedded demo.
 
     The Optuna storage is the record of a sweep: running the same config again (or with --resume)
@@ -131,27 +134,44 @@ def sweep(config_path, resume, extend, overrides, address, rebuild):
     """
     cfg = load_config(config_path or DEMO_CONFIG, list(overrides))
     checks.validate(cfg)
-    if cfg.demo:
-        from alphasweep.demo import prepare_demo  # torch: only to build the demo
+    import ray  # Ray, MLflow, torch: after the checks
+    from mlflow import MlflowClient
 
-        cfg = prepare_demo(cfg, rebuild=rebuild, log=_log)
-    from alphasweep.orchestrator.report import build_report, format_table, plot_report  # Ray: after the checks
+    from alphasweep.console import quiet_console
+    from alphasweep.orchestrator.report import build_report, format_table, plot_report
     from alphasweep.orchestrator.sweep import run_sweep
+    from alphasweep.orchestrator.tracking import ui_command
 
     started = time.time()
-    _init_ray(address)
-    run_sweep(cfg, resume=resume, extend=extend or 0, log=_log)
-    report = build_report(cfg)
-    plots = plot_report(cfg, report, cfg.out / "plots")
+    log_path = cfg.out / "logs" / "sweep.log"
+    with quiet_console(log_path, verbose=verbose) as log:
+        log(f"sweep {cfg.name}: {len(cfg.pairs())} pair(s), {cfg.budget.trials_per_pair} trials each"
+            + ("" if verbose else f"; Ray's and the libraries' output: {_shown(log_path)}"))
+        if cfg.demo:
+            from alphasweep.demo import prepare_demo  # torch: only to build the demo
+
+            cfg = prepare_demo(cfg, rebuild=rebuild, log=log)
+        _init_ray(address)
+        try:
+            run_sweep(cfg, resume=resume, extend=extend or 0, log=log)
+            report = build_report(cfg)
+            plots = plot_report(cfg, report, cfg.out / "plots")
+            exp = MlflowClient(cfg.mlflow_uri()).get_experiment_by_name(cfg.name)
+        finally:
+            ray.shutdown()  # here, so that its last words go to the log too
+    serve, url = ui_command(cfg.mlflow_uri(), exp.experiment_id)
     click.echo("\n" + format_table(report))
-    click.echo(f"\nfinished in {time.time() - started:.0f} s")
-    click.echo(f"plots:          {', '.join(str(p) for p in plots)}")
-    click.echo(f"MLflow:         {cfg.mlflow_uri()}")
-    click.echo(f"Optuna storage: {cfg.optuna_storage()}")
-    if cfg.mlflow_uri().startswith("sqlite"):
-        click.echo(f"open the UI:    mlflow ui --backend-store-uri {cfg.mlflow_uri()}")
-    else:
-        click.echo(f"open the UI:    {cfg.mlflow_uri()}")
+    click.echo(f"\nfinished in {time.time() - started:.0f} s; full log: {_shown(log_path)}")
+    click.echo(f"plots:            {', '.join(_shown(p) for p in plots)}")
+    click.echo(f"MLflow:           {serve or 'tracking server ' + cfg.mlflow_uri()}")
+    click.echo(f"open the UI:      {url}")
+    click.echo(f"optuna-dashboard: alphasweep dashboard {_shown(cfg.out)}   (then http://127.0.0.1:8080)")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the current directory when it lies below it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 @main.command()
@@ -179,6 +199,22 @@ def _config_of(path: str | None) -> Path:
         return DEMO_CONFIG
     p = Path(path)
     return p / "sweep.yaml" if p.is_dir() else p
+
+
+@main.command()
+@click.argument("sweep_path", required=False, type=click.Path())
+@click.option("--port", type=int, default=8080, show_default=True, help="Port on 127.0.0.1.")
+@_user_errors
+def dashboard(sweep_path, port):
+    """Serve optuna-dashboard on a sweep's Optuna storage (OUTPUT_DIR or CONFIG; no argument: the demo's)."""
+    from optuna_dashboard import run_server
+
+    cfg = load_config(_config_of(sweep_path))
+    storage = cfg.optuna_storage()
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        raise ConfigError(f"{storage}: no Optuna storage there yet; run the sweep first")
+    click.echo(f"optuna-dashboard for sweep {cfg.name!r} on http://127.0.0.1:{port}/ (Ctrl-C to stop)")
+    run_server(storage, host="127.0.0.1", port=port)
 
 
 @main.command()
@@ -324,10 +360,6 @@ def validate_(config_path, overrides, all_errors, cluster):
             click.echo(f"error: {line}", err=True)
         sys.exit(2)
     click.echo(found.summary())
-
-
-def _log(msg: str) -> None:
-    click.echo(f"{time.strftime('%H:%M:%S')} {msg}")
 
 
 def _pick(items, name, kind):

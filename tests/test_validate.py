@@ -473,6 +473,6 @@ def test_evaluator_user_error_in_a_trial_is_its_own_line(ray_local, tmp_path, ti
                           train={"steps": 2, "batch_size": 8, "max_length": 24, "report_every": 1, "eval_every": 2})
     env = {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     run = run_cli(tmp_path, "sweep", config, env=env, timeout=900)
-    failed = [line for line in run.stdout.splitlines() if "trial #0 original: FAILED" in line]
+    failed = [line for line in run.stdout.splitlines() if "#0 original: FAILED" in line]
     assert len(failed) == 1, run.stdout[-3000:] + run.stderr[-3000:]
     assert "cannot load benchmark dataset 'openai/gsm8k'" in failed[0], failed[0]

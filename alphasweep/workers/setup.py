@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
@@ -112,13 +113,16 @@ def setup(job: TrainJob, session: Session) -> Training:
 
 def parallelize(model: torch.nn.Module, strategy: str, world: int, device: torch.device) -> torch.nn.Module:
     """The model on `device`; with several workers wrapped in torch's DDP, or sharded with FSDP2: `fully_shard`
-    on every block the HF model names unsplittable, then the root (Ray's own FSDP wrapper needs GPUs)."""
+    on every block the HF model names unsplittable, then the root (Ray's own FSDP wrapper needs GPUs).
+    FSDP shards over any process group, a single Ray Train worker's too, so one GPU runs the code path of
+    many; a run inside a Tune trial has no process group and trains the plain model."""
     if device.type == "cuda":  # DDP's device_ids and fully_shard's default device mesh use the current device
         torch.cuda.set_device(device)
     model.to(device)
-    if world == 1:
-        return model
-    if strategy == "ddp":
+    sharded = strategy == "fsdp" and dist.is_available() and dist.is_initialized()
+    if not sharded:
+        if world == 1:
+            return model
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     blocks = set(getattr(model, "_no_split_modules", None) or ())
     for module in list(model.modules())[1:]:
