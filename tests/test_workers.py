@@ -191,20 +191,21 @@ def test_threshold_objective_reports_selected_share(ray_local, tmp_path, additio
 
 
 def _training_process(runner: str, storage: Path) -> int | None:
-    """Once a checkpoint of step 8 is registered: the pid of the process running the loop (the Tune trial's
-    actor, as its reports name it, or a RayTrainWorker of the Ray cluster this test process started)."""
-    if runner == "tune":  # the driver has taken a report that carried a checkpoint
-        for path in storage.glob("*/*/result.json"):
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                if row.get("checkpoint_dir_name"):
-                    return row["pid"]
-        return None
-    if not any("checkpoint_000008" in p.read_text() for p in storage.glob("*/checkpoint_manager_snapshot.json")):
-        return None
+    """Once a checkpoint of step 8 is stored: the pid of the process running the loop (the Tune trial's actor,
+    `ray::ImplicitFunc`, or a RayTrainWorker) among the processes of the Ray cluster this test process started.
+    The trial's checkpoint directory is written by the trial itself before its report returns; the driver's
+    `result.json` may lag behind a fast trial by its whole run."""
+    if runner == "tune":
+        if not any(storage.glob("*/*/checkpoint_000000")):
+            return None
+        title = "ImplicitFunc"
+    else:
+        if not any("checkpoint_000008" in p.read_text() for p in storage.glob("*/checkpoint_manager_snapshot.json")):
+            return None
+        title = "RayTrainWorker"
     for proc in psutil.Process().children(recursive=True):  # ours only: other Ray clusters may share the machine
         with contextlib.suppress(psutil.Error):
-            if any("RayTrainWorker" in part for part in proc.cmdline()):
+            if any(title in part for part in proc.cmdline()):
                 return proc.pid
     return None
 
