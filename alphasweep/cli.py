@@ -98,14 +98,16 @@ def train(config_path, objective, model_name, domain_name, overrides, address):
     domain = _pick(cfg.domains, domain_name, "domain")
     checks.validate(cfg.model_copy(update={"models": [model], "domains": [domain]}), checks.TRAIN_CHECKS)
     from alphasweep.workers.progress import PrintProgress  # torch and Ray: after the checks
+    from alphasweep.workers.setup import TrainJob
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
     _init_ray(address)
     name = f"train-{model.name}-{domain.name}-{obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({cfg.train_for(domain).steps} steps, "
-               f"{cfg.train.workers} worker(s))")
-    trainer = build_trainer(model_path=model.path, data=domain.train, train=cfg.train_for(domain), objective=obj.name,
-                            storage_path=cfg.checkpoint_root(), name=name, callbacks=[PrintProgress("  ")])
+    settings = cfg.train_for(domain)
+    length = f"{settings.steps} steps" if settings.steps else f"{settings.epochs:g} epoch(s)"
+    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({length}, {settings.workers} worker(s))")
+    job = TrainJob(model_path=model.path, objective=obj, data=domain.train, train=settings)
+    trainer = build_trainer(job, storage_path=cfg.checkpoint_root(), name=name, callbacks=[PrintProgress("  ")])
     result = trainer.fit()
     click.echo(f"final checkpoint: {final_checkpoint_path(result)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -123,15 +124,21 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         assert pair["scores"] == pytest.approx(mlflow_scores)
 
 
+@pytest.mark.parametrize("runner", ["tune", "ray_train"])
 def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, tiny_model, addition_files,
-                                                          cipher_files):
+                                                          cipher_files, runner):
     """ASHA on held-out NLL, one trial at a time: the untrained base barely moves under `p` (its gradient
     weight p is tiny where p is small), so at the first rung `p` is behind NLL and is stopped. The stopped
-    trial is PRUNED with no value in Optuna, KILLED with `stopped_early` in MLflow, counted by the report."""
+    trial is PRUNED with no value in Optuna, KILLED with `stopped_early` in MLflow, counted by the report.
+    With `tune` each trial holds both CPUs of the test cluster, so the trial after the stopped one starts only
+    if the stopped one gave them back. (With `ray_train` the stopped run's workers are freed by Ray Train's
+    placement-group cleaner, whose State API query fails on a machine running several Ray instances, as
+    shared test machines do; so there each worker takes one CPU and the next trial fits beside a leak.)"""
     config = _config(tmp_path, tiny_model, addition_files, cipher_files,
                      budget={"trials_per_pair": 3, "max_concurrent": 1},
                      scheduler={"kind": "asha", "grace_steps": 4, "reduction_factor": 2},
-                     train__steps=12, train__report_every=4, train__eval_every=4)
+                     train__steps=12, train__report_every=4, train__eval_every=4,
+                     train__cpus_per_worker=2 if runner == "tune" else 1, train__runner=runner)
     raw = yaml.safe_load(config.read_text())
     raw["domains"] = raw["domains"][:1]
     config.write_text(yaml.safe_dump(raw))
@@ -145,7 +152,7 @@ def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, t
     assert by_family["nll"].state == TrialState.COMPLETE and by_family["nll"].value is not None, states
     # a stopped trial's value is its last signal, the held-out NLL negated: below any accuracy
     assert by_family["p"].state == TrialState.PRUNED and by_family["p"].value < 0
-    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3, proc.stdout[-3000:]
 
     runs = {r.data.params["objective"]: r for r in _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
             if r.data.tags.get("alphasweep.kind") == "trial"}
@@ -155,6 +162,49 @@ def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, t
 
     pair = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)["pairs"][0]
     assert pair["stopped_early"] >= 1 and "p" not in pair["scores"] and pair["best_objective"] != "p"
+
+
+def _trial_pid_after_a_checkpoint(ray_dir: Path) -> int | None:
+    """The pid of a Tune trial whose report carrying a checkpoint the driver has taken (its `result.json`)."""
+    for path in ray_dir.glob("*/*/result.json"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("checkpoint_dir_name"):
+                return row["pid"]
+    return None
+
+
+def test_a_trial_whose_process_dies_resumes_from_its_checkpoint(ray_local, tmp_path, tiny_model, addition_files,
+                                                                 cipher_files):
+    """A one-worker trial trains in the Tune trial itself: kill its process after its first checkpoint, and
+    Tune's FailureConfig restarts it from that checkpoint; it finishes as one trial, one MLflow run."""
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files,
+                     budget={"trials_per_pair": 1, "max_concurrent": 1},
+                     train__steps=400, train__checkpoint_every=8, train__report_every=8, train__eval_every=400,
+                     train__max_failures=1)
+    raw = yaml.safe_load(config.read_text())
+    raw["domains"] = raw["domains"][:1]
+    config.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "alphasweep.cli", "sweep", str(config)],
+                                  env={**os.environ, **_ray_env(ray_local)}, stdout=out, stderr=subprocess.STDOUT)
+    deadline, killed = time.time() + 600, None
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        killed = _trial_pid_after_a_checkpoint(tmp_path / "out" / "ray")
+        time.sleep(0.2)
+    assert killed, "no trial reported a checkpoint before the sweep ended"
+    os.kill(killed, signal.SIGKILL)
+    assert driver.wait(timeout=900) == 0, log.read_text()[-3000:]
+
+    trials = optuna.load_study(study_name="tiny/addition", storage=f"sqlite:///{tmp_path}/out/optuna.db").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE]
+    runs = [r for r in _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
+            if r.data.tags.get("alphasweep.kind") == "trial"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "score" in runs[0].data.metrics
+    client = MlflowClient(f"sqlite:///{tmp_path}/out/mlflow.db")
+    resumes = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "resumes")}
+    assert resumes[400] == 1 and min(step for step, n in resumes.items() if n == 1) > 8, resumes
 
 
 def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model, addition_files, cipher_files):

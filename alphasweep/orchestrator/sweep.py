@@ -40,7 +40,7 @@ from alphasweep.orchestrator.results import (
     study_name,
 )
 from alphasweep.orchestrator.space import MLFLOW_RUN, PairSearch, SearchSpace, objective_of, point_of
-from alphasweep.orchestrator.trial import PairJob, run_trial
+from alphasweep.orchestrator.trial import PairJob, failure_config, reuse_actors, trainable
 from alphasweep.plots import plot_objective_scores, plot_weights
 from alphasweep.probe import probe_capability
 
@@ -189,7 +189,9 @@ class PairRun:
             metric, mode = signal
             # max_t one past the last step: ASHA stops any trial whose step reaches max_t, and a trial that
             # trained to the end must still be evaluated and report its score
-            scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=job.train.steps + 1,
+            # (with `epochs` the last step is known only once the trial has loaded its data: any bound past it does)
+            last_step = job.train.steps or 2**31
+            scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=last_step + 1,
                                       grace_period=cfg.scheduler.grace_steps,
                                       reduction_factor=cfg.scheduler.reduction_factor)
         else:
@@ -198,16 +200,15 @@ class PairRun:
                                         on_run=lambda trial, run_id: searcher.annotate(trial.trial_id, MLFLOW_RUN,
                                                                                        run_id))
         printer = TrialPrinter(name, self.log, total=budget, done=done, concurrency=cfg.budget.max_concurrent)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
-        # No actor reuse: killing the trial's actor is what ends the Train run of a trial that ASHA stops.
         tuner = tune.Tuner(
-            trainable,
+            trainable(job),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
+                                        max_concurrent_trials=cfg.budget.max_concurrent,
+                                        reuse_actors=reuse_actors(job)),
             run_config=tune.RunConfig(
                 name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
                 callbacks=[tracker, printer, JsonLoggerCallback(), CSVLoggerCallback()],
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=failure_config(job), checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
         tuner.fit()
