@@ -1,7 +1,8 @@
 """SFT data: rows from a hub id or a local file, tokenized with loss on completion tokens only.
 
-Two row formats: `prompt_completion` (raw `prompt + completion + EOS`, as the base model reads text)
-and chat `messages` (rendered with the tokenizer's chat template; loss on every assistant turn).
+Two row formats: `prompt_completion` (raw `prompt + completion + EOS`, as the base model reads text, the
+prompt wrapped in the model's `prompt_template` when it has one) and chat `messages` (rendered with the
+tokenizer's chat template; loss on every assistant turn).
 Bad rows raise a `DataError` naming the file, row and field, or are skipped and counted.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from alphasweep.config import DataSpec
+from alphasweep.fields import MISSING, field_value
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -59,11 +61,12 @@ def load_rows(spec: DataSpec) -> list[dict]:
 def _check_row(row: dict, spec: DataSpec) -> None:
     if spec.format == "prompt_completion":
         for name in (spec.prompt_field, spec.completion_field):
-            if name not in row or row[name] is None:
+            value = field_value(row, name)
+            if value is MISSING or value is None:
                 raise DataError(f"missing field {name!r}")
-            if not isinstance(row[name], str):
-                raise DataError(f"field {name!r}: expected a string, got {type(row[name]).__name__}")
-        if not row[spec.completion_field].strip():
+            if not isinstance(value, str):
+                raise DataError(f"field {name!r}: expected a string, got {type(value).__name__}")
+        if not field_value(row, spec.completion_field).strip():
             raise DataError(f"field {spec.completion_field!r}: empty completion")
         return
     messages = row.get(spec.messages_field)
@@ -77,8 +80,12 @@ def _check_row(row: dict, spec: DataSpec) -> None:
 
 
 def _encode_prompt_completion(row: dict, spec: DataSpec, tok) -> Example:
-    prompt = tok(row[spec.prompt_field])["input_ids"]  # adds BOS where the tokenizer does
-    completion = tok(row[spec.completion_field], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    text = field_value(row, spec.prompt_field)
+    if spec.prompt_template:
+        text = spec.prompt_template.format(prompt=text)
+    prompt = tok(text)["input_ids"]  # adds BOS where the tokenizer does
+    completion = tok(field_value(row, spec.completion_field), add_special_tokens=False)["input_ids"]
+    completion.append(tok.eos_token_id)
     return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion))
 
 
