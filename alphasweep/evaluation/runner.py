@@ -46,7 +46,8 @@ def write_records(records: list[dict], out_path: str | Path) -> Path:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """benchmark | n | accuracy (| pass@k when k > 1), then the mean; an error result prints its message."""
+    """benchmark | n | accuracy (| pass@k when k > 1), then the mean, then every metric of a benchmark that
+    reports several (its accuracy column is the metric it names); an error result prints its message."""
     if "error" in result:
         return f"error: {result['error']}"
     k = result.get("k", 1)
@@ -62,5 +63,7 @@ def format_table(result: dict[str, Any]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
 
     sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1])]) + (
+    several = [f"{name}: " + ", ".join(f"{metric} {v:.4f}" for metric, v in values.items())
+               for name, values in result.get("metrics", {}).items() if len(values) > 1]
+    return "\n".join([line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1]), *several]) + (
         f"\n{result.get('backend', '')} backend, {result['seconds']:.1f}s")
