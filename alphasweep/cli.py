@@ -1,4 +1,4 @@
-"""The `alphasweep` command: train, eval, probe, sweep, report, submit.
+"""The `alphasweep` command: train, eval, probe, sweep, report, submit, data.
 
 User errors (bad config, missing file, unknown objective) print one line and exit 2, no traceback.
 """
@@ -76,10 +76,12 @@ def train(config_path, objective, model_name, domain_name, overrides, address):
     check_local_paths(cfg)
     _init_ray(address)
     name = f"train-{model.name}-{domain.name}-{obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({cfg.train_for(domain).steps} steps, "
-               f"{cfg.train.workers} worker(s))")
-    trainer = build_trainer(model_path=model.path, data=domain.train, train=cfg.train_for(domain), objective=obj.name,
-                            storage_path=cfg.checkpoint_root(), name=name, callbacks=[PrintProgress("  ")])
+    train_cfg = cfg.train_for(domain, model)
+    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({train_cfg.steps} steps, "
+               f"{train_cfg.workers} worker(s))")
+    trainer = build_trainer(model_path=model.path, data=cfg.data_for(model, domain), train=train_cfg,
+                            objective=obj.name, storage_path=cfg.checkpoint_root(), name=name,
+                            callbacks=[PrintProgress("  ")])
     result = trainer.fit()
     click.echo(f"final checkpoint: {final_checkpoint_path(result)}")
 
@@ -247,6 +249,32 @@ def submit(config_path, address, follow, status_of, stop_job, ship_project, over
     except jobs.SubmitError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+
+
+@main.group("data")
+def data_group() -> None:
+    """Build a domain's SFT and evaluation files locally (no hub needed)."""
+
+
+@data_group.command("figfont")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--n-train", default=40_000, show_default=True, type=click.IntRange(min=1),
+              help="Training puzzles (the paper: 40000).")
+@click.option("--n-test", default=5_000, show_default=True, type=click.IntRange(min=1),
+              help="Test puzzles, none of them a training puzzle (the paper: 5000).")
+@click.option("--seed", default=42, show_default=True, type=int, help="reasoning-gym seed (the paper: 42).")
+@_user_errors
+def data_figfont(out_dir, n_train, n_test, seed):
+    """The paper's figlet-font puzzles (reasoning-gym's figlet_font): OUT_DIR/train.jsonl and test.jsonl.
+
+    The rows have the fields configs/paper/figfont.yaml reads from the hub's gaotang/figlet_font, so the
+    preset runs on them with --set domains.0.train.path=OUT_DIR/train.jsonl and
+    --set domains.0.benchmarks.0.path=OUT_DIR.
+    """
+    from alphasweep.figfont import write_figfont
+
+    train_path, test_path = write_figfont(out_dir, n_train=n_train, n_test=n_test, seed=seed)
+    click.echo(f"wrote {n_train} training puzzles to {train_path} and {n_test} test puzzles to {test_path}")
 
 
 def _log(msg: str) -> None:
