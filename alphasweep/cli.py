@@ -191,7 +191,8 @@ def probe(model_path, data_path, fmt, prompt_field, completion_field, sample, ma
 
 @main.command("eval")
 @click.option("--checkpoint", required=True, help="Checkpoint directory (save_pretrained) or hub id.")
-@click.option("--benchmarks", required=True, help="Comma-separated names (gsm8k,math500,aime24,amc23) or files.")
+@click.option("--benchmarks", required=True,
+              help="Comma-separated built-in names (gsm8k, math500, minerva_math, medqa, figfont, ...) or files.")
 @click.option("--limit", type=int, default=None, help="At most N rows per benchmark.")
 @click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), default="auto", show_default=True)
 @click.option("--max-new-tokens", type=int, default=None, help="Generation length (default: the eval config's).")
