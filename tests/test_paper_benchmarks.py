@@ -149,6 +149,7 @@ def test_mmlu_pro_medical_keeps_health_and_biology_only(tmp_path):
 
 @pytest.mark.parametrize("name, rows, message", [
     ("medmcqa", [{**MEDMCQA[0], "cop": 7}], "field 'cop': expected an option index 0-3"),
+    ("medmcqa", [{k: v for k, v in MEDMCQA[0].items() if k != "opd"}], "missing field 'opd'"),
     ("pubmedqa", [{**PUBMEDQA[0], "final_decision": "perhaps"}], "expected yes, no or maybe"),
     ("olympiadbench", [{**OLYMPIAD[0], "final_answer": []}], "field 'final_answer': expected a non-empty list"),
     ("figfont", [{k: v for k, v in FIGFONT[0].items() if k != "extra_info"}],

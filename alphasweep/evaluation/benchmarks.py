@@ -142,7 +142,12 @@ def _choice_gold(value: Any, row: dict) -> str:
 
 
 def _medmcqa_options(row: dict) -> list[tuple[str, str]]:
-    return [(letter, str(row[key])) for letter, key in zip("ABCD", ("opa", "opb", "opc", "opd"), strict=True)]
+    options = []
+    for letter, key in zip("ABCD", ("opa", "opb", "opc", "opd"), strict=True):
+        if field_value(row, key) in (MISSING, None):
+            raise ValueError(f"missing field {key!r}")
+        options.append((letter, _text(row, key)))
+    return options
 
 
 def _medmcqa_gold(value: Any, row: dict) -> str:
