@@ -18,9 +18,13 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from alphasweep.config import ConfigError
+from alphasweep.objectives import parse_objective
+from alphasweep.orchestrator.space import objective_of
+from alphasweep.plots import plot_weights
 
 PAIR_TAG, KIND_TAG, OPTUNA_TAG, TUNE_TAG = "alphasweep.pair", "alphasweep.kind", "optuna_trial", "tune_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+NLL = parse_objective("original")  # every trial's W(p) plot shows NLL's for reference
 _NOT_METRICS = {"step", "training_iteration", "timestamp", "time_total_s", "time_this_iter_s", "pid",
                 "time_since_restore", "iterations_since_restore", "optuna_trial"}
 
@@ -65,12 +69,13 @@ def open_parent_run(client: MlflowClient, exp_id: str, model: str, domain: str) 
         run_id = parents[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    run = client.create_run(exp_id, run_name=pair, tags={PAIR_TAG: pair, KIND_TAG: "pair", "model": model, "domain": domain})
+    tags = {PAIR_TAG: pair, KIND_TAG: "pair", "model": model, "domain": domain}
+    run = client.create_run(exp_id, run_name=pair, tags=tags)
     return run.info.run_id
 
 
-def close_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
-    client.set_terminated(run_id, status=status)
+def close_parent_run(client: MlflowClient, run_id: str) -> None:
+    client.set_terminated(run_id, status="FINISHED")
 
 
 def log_png(client: MlflowClient, run_id: str, draw, name: str) -> None:
@@ -95,8 +100,6 @@ class TrialTracker(tune.Callback):
         self.runs: dict[str, str] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        from alphasweep.orchestrator.space import objective_of
-
         cfg = trial.config
         obj = objective_of(cfg)
         lr = cfg.get("learning_rate") or cfg["train_learning_rate"]
@@ -111,7 +114,7 @@ class TrialTracker(tune.Callback):
         for k, v in params.items():
             self.client.log_param(run_id, k, "none" if v is None else v)
         self.client.log_text(run_id, self.config_yaml, "config.yaml")
-        log_png(self.client, run_id, lambda p: _plot_one(obj, p), "weight.png")
+        log_png(self.client, run_id, lambda p: plot_weights([NLL, obj], p), "weight.png")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.runs.get(trial.trial_id)
@@ -135,8 +138,3 @@ class TrialTracker(tune.Callback):
         if run_id:
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
 
-
-def _plot_one(obj, path: Path) -> None:
-    from alphasweep.objectives import parse_objective, plot_weights
-
-    plot_weights([parse_objective("original"), obj], path)
