@@ -48,7 +48,7 @@ from typing import Any
 
 from alphasweep.config import BenchmarkSpec
 from alphasweep.evaluation.scorers import METRICS, OPTION_LETTERS, normalize_math_gold
-from alphasweep.rows import MISSING, field_value, load_rows, looks_local
+from alphasweep.rows import MISSING, DataError, Row, field_value, found, load_rows, looks_local, read_local
 
 __all__ = [
     "BUILTIN_BENCHMARKS",
@@ -59,10 +59,14 @@ __all__ = [
     "Format",
     "benchmark_from_string",
     "known_benchmarks",
+    "benchmark_format",
+    "benchmark_source",
+    "kept_rows",
     "load_benchmark",
     "metric_names",
     "render_prompt",
     "resolve_spec",
+    "row_item",
 ]
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -302,8 +306,10 @@ def _infer_format(path: Path) -> str | None:
         if name in BUILTIN_BENCHMARKS:
             return BUILTIN_BENCHMARKS[name].format
     try:
-        row = load_rows(str(path), what="benchmark")[0]
-    except (OSError, ValueError, IndexError):  # unreadable or empty: the real load reports the problem
+        row = read_local(path, limit=1)[0].value
+    except (DataError, OSError):  # the real load reports the problem
+        return None
+    if not isinstance(row, dict):
         return None
     if "options" in row or "choices" in row:
         return "choice"
@@ -372,54 +378,78 @@ def _pick_field(row: dict, candidates: Iterable[str]) -> str:
     for name in candidates:
         if field_value(row, name) not in (MISSING, None):
             return name
-    raise ValueError(f"missing field {' / '.join(repr(c) for c in candidates)}")
+    raise ValueError(f"missing field {' / '.join(repr(c) for c in candidates)} "
+                     f"(the row has {', '.join(map(repr, row)) or 'no fields'})")
+
+
+def benchmark_format(spec: BenchmarkSpec) -> tuple[Format, str]:
+    """The format of a resolved spec's rows and the name of its scorer."""
+    fmt = _format_of(spec)
+    return fmt, spec.scorer or fmt.scorer
+
+
+def row_item(spec: BenchmarkSpec, fmt: Format, row: Any) -> tuple[str, str]:
+    """One row's (message, gold); a ValueError names the field that is missing or wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, found {found(row)}")
+    if spec.template:
+        try:
+            message = spec.template.format(**row)
+        except (KeyError, IndexError) as e:
+            raise ValueError(f"template refers to a missing field {e}") from None
+    else:
+        compose = (fmt.bare or fmt.message) if spec.prompt_template else fmt.message
+        message = compose(row, _pick_field(row, (spec.prompt_field,) if spec.prompt_field else fmt.prompt_fields))
+    if spec.prompt_template:
+        message = spec.prompt_template.format(prompt=message)
+    answer_field = spec.answer_field or fmt.answer_field
+    answer = field_value(row, answer_field)
+    if answer is MISSING:
+        raise ValueError(f"missing field {answer_field!r} (the row has {', '.join(map(repr, row)) or 'no fields'})")
+    if answer is None:
+        raise ValueError(f"field {answer_field!r}: expected an answer, found null")
+    return message, fmt.gold(answer, row)
+
+
+def kept_rows(spec: BenchmarkSpec, rows: list[Row]) -> list[Row]:
+    """The rows that belong to the benchmark: a built-in may keep only part of its dataset (`Builtin.keep`)."""
+    builtin = BUILTIN_BENCHMARKS.get(spec.name)
+    if not (builtin and builtin.keep):
+        return rows
+    return [r for r in rows if isinstance(r.value, dict) and builtin.keep(r.value)]
+
+
+def benchmark_source(spec: BenchmarkSpec) -> tuple[str, str, str | None]:
+    """Where a resolved spec's rows come from: (path or hub id, split, subset)."""
+    if spec.path:
+        return spec.path, spec.split, spec.subset
+    builtin = BUILTIN_BENCHMARKS[spec.name]
+    split = spec.split if "split" in spec.model_fields_set else builtin.split
+    subset = spec.subset if "subset" in spec.model_fields_set else builtin.subset
+    return builtin.hub, split, subset
 
 
 def load_benchmark(spec: BenchmarkSpec | dict | str, limit: int | None = None) -> Benchmark:
     """Resolve the spec, read its rows (the first `limit`, or `spec.limit`, whichever is smaller) and
-    turn them into (message, gold) items. Row problems raise ValueError naming the source, row, field."""
+    turn them into (message, gold) items. Row problems raise ValueError naming the source, line, field."""
     spec = resolve_spec(spec)
-    builtin = BUILTIN_BENCHMARKS.get(spec.name)
-    fmt = _format_of(spec)
-    scorer = spec.scorer or fmt.scorer
-    if spec.path:
-        source, split, subset = spec.path, spec.split, spec.subset
-    else:
-        source = builtin.hub
-        split = spec.split if "split" in spec.model_fields_set else builtin.split
-        subset = spec.subset if "subset" in spec.model_fields_set else builtin.subset
-    rows = load_rows(source, split=split, subset=subset, what="benchmark")
-    if builtin and builtin.keep:
-        rows = [row for row in rows if isinstance(row, dict) and builtin.keep(row)]
+    fmt, scorer = benchmark_format(spec)
+    source, split, subset = benchmark_source(spec)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    rows = kept_rows(spec, load_rows(source, split=split, subset=subset, what="benchmark"))
+    if not rows:
+        raise ValueError(f"benchmark {spec.name!r} ({source}): no rows of this benchmark")
     caps = [c for c in (limit, spec.limit) if c is not None]
     if caps:
         rows = rows[: min(caps)]
-    prompt_fields = (spec.prompt_field,) if spec.prompt_field else fmt.prompt_fields
-    answer_field = spec.answer_field or fmt.answer_field
     items = []
-    for i, row in enumerate(rows):
+    for i, (where, row) in enumerate(rows):
         try:
-            if not isinstance(row, dict):
-                raise ValueError(f"expected an object, got {type(row).__name__}")
-            if spec.template:
-                try:
-                    message = spec.template.format(**row)
-                except (KeyError, IndexError) as e:
-                    raise ValueError(f"template refers to a missing field {e}") from None
-            else:
-                compose = (fmt.bare or fmt.message) if spec.prompt_template else fmt.message
-                message = compose(row, _pick_field(row, prompt_fields))
-            if spec.prompt_template:
-                message = spec.prompt_template.format(prompt=message)
-            answer = field_value(row, answer_field)
-            if answer is MISSING or answer is None:
-                raise ValueError(f"missing field {answer_field!r}")
-            gold = fmt.gold(answer, row)
+            message, gold = row_item(spec, fmt, row)
         except ValueError as e:
-            raise ValueError(f"benchmark {spec.name!r} ({source}): row {i}: {e}") from None
+            raise ValueError(f"benchmark {spec.name!r} ({source}): {where}: {e}") from None
         items.append(BenchmarkItem(index=i, message=message, gold=gold))
-    if not items:
-        raise ValueError(f"benchmark {spec.name!r} ({source}): no rows")
     use_chat = fmt.chat_by_default if spec.use_chat_template is None else spec.use_chat_template
     if spec.prompt_template:  # the model's own prompt format: the message is the prompt
         use_chat = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from alphasweep.orchestrator.space import SKIPPED, objective_of
+from alphasweep.orchestrator.space import MLFLOW_RUN, objective_of
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # ran to the end, or stopped early by the scheduler
 
@@ -56,10 +56,29 @@ def pair_summary(study: optuna.Study, model: str, domain: str) -> dict:
         "scores": scores,
         "trials": len(complete),
         "stopped_early": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
-        "failed": sum(SKIPPED not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+        "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
     }
 
 
 def alpha_points(study: optuna.Study) -> list[tuple[float, float]]:
     """(place on the alpha axis, score) of the study's complete trials, sorted by alpha."""
     return sorted((objective_of(t.params).effective_alpha, t.value) for t in _complete(study))
+
+
+def objective_table(study: optuna.Study) -> list[dict]:
+    """One row per objective scored, best first: its best score, its complete trials, its place on the alpha
+    axis, its cut (where it has one) and the MLflow run of its best trial. A new column is a new key (an
+    interval belongs beside the score)."""
+    best: dict[str, FrozenTrial] = {}
+    count: dict[str, int] = {}
+    for t in _complete(study):
+        name = objective_name(t)
+        count[name] = count.get(name, 0) + 1
+        if name not in best or t.value > best[name].value:
+            best[name] = t
+    rows = []
+    for name, t in sorted(best.items(), key=lambda item: -item[1].value):
+        obj = objective_of(t.params)
+        rows.append({"objective": name, "score": t.value, "trials": count[name], "alpha": obj.effective_alpha,
+                     "threshold": obj.threshold, "mlflow_run_id": t.user_attrs.get(MLFLOW_RUN)})
+    return rows
