@@ -50,7 +50,7 @@ def test_nested_fields_and_a_prompt_template(tok, tmp_path):
     assert tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask, strict=True) if m]) == "46" + tok.eos_token
     bad = DataSpec(path=str(_write(tmp_path / "n.jsonl", rows[1:])), prompt_field="extra_info.question",
                    completion_field="extra_info.answer")
-    with pytest.raises(DataError, match=r"n.jsonl: row 0: field 'extra_info.answer': expected a string, got int"):
+    with pytest.raises(DataError, match=r"n.jsonl: line 1: field 'extra_info.answer': expected a string, found int 2"):
         tokenize_rows(load_sft_rows(bad), tok, bad, 64, "n.jsonl")
 
 
