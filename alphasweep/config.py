@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -41,19 +42,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _check_prompt_template(template: str) -> str:
+    try:
+        template.format(prompt="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"not a format string over {{prompt}} alone ({type(e).__name__}: {e}); "
+                         "write literal braces as {{ and }}") from None
+    if "{prompt}" not in template:
+        raise ValueError("must contain {prompt}, where the prompt text goes")
+    return template
+
+
+PromptTemplate = Annotated[str, AfterValidator(_check_prompt_template)]
+
+
 class ModelSpec(_Strict):
     name: str
     path: str  # local directory saved with save_pretrained, or a hub id
+    # This model's own training settings (e.g. its learning rate), applied after the domain's train_overrides.
+    train_overrides: dict[str, Any] = Field(default_factory=dict)
+    # How this model reads a prompt: a format string around {prompt}, used for its training prompts and its
+    # benchmark questions in place of the tokenizer's chat template (the paper's per-model prompt formats).
+    # Leave the BOS token out: the tokenizer adds it where it does, in training as in evaluation.
+    prompt_template: PromptTemplate | None = None
 
 
 class DataSpec(_Strict):
-    """SFT data: a hub id (`datasets.load_dataset`) or a local .jsonl/.json/.parquet file."""
+    """SFT data: a hub id (`datasets.load_dataset`) or a local .jsonl/.json/.parquet file. Field names may be
+    dotted paths into nested columns (`extra_info.question`)."""
 
     path: str
     format: Literal["prompt_completion", "messages"] = "prompt_completion"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
     messages_field: str = "messages"
+    # The prompt is `prompt_template.format(prompt=<prompt field>)` (set per model: ModelSpec.prompt_template)
+    prompt_template: PromptTemplate | None = None
     split: str = "train"
     subset: str | None = None
     skip_bad_rows: bool = False
@@ -61,7 +85,8 @@ class DataSpec(_Strict):
 
 
 class BenchmarkSpec(_Strict):
-    """One benchmark: a built-in name (gsm8k, math500, aime24, amc23) or a user's file with its fields."""
+    """One benchmark: a built-in name (`alphasweep.evaluation.benchmarks.BUILTIN_BENCHMARKS`) or a user's file
+    with its fields."""
 
     name: str
     path: str | None = None  # local jsonl/json/parquet or hub id; None: the built-in's default
@@ -70,10 +95,15 @@ class BenchmarkSpec(_Strict):
     subset: str | None = None
     prompt_field: str | None = None
     answer_field: str | None = None
-    scorer: Literal["math", "choice", "exact"] | None = None
+    scorer: Literal["math", "choice", "exact", "exact_similarity"] | None = None
     template: str | None = None  # Python format string over the row's fields, e.g. "Q: {question}\nA:"
     # None: the format decides (math/choice: the tokenizer's chat template; exact: the raw prompt)
     use_chat_template: bool | None = None
+    # The model's prompt format (set per model: ModelSpec.prompt_template): the bare question (with its
+    # options) goes into {prompt}, in place of the format's instruction and the chat template.
+    prompt_template: PromptTemplate | None = None
+    # Which of the scorer's metrics is this benchmark's score (e.g. `similarity`); None: its first
+    metric: str | None = None
     limit: int | None = Field(None, ge=1)
 
 
@@ -369,9 +399,21 @@ class SweepConfig(_Strict):
     def pairs(self) -> list[tuple[ModelSpec, DomainSpec]]:
         return [(m, d) for m in self.models for d in self.domains]
 
-    def train_for(self, domain: DomainSpec) -> TrainConfig:
-        """The sweep's training settings with the domain's `train_overrides` applied."""
-        return self.train.with_overrides(domain.train_overrides)
+    def train_for(self, domain: DomainSpec, model: ModelSpec | None = None) -> TrainConfig:
+        """The sweep's training settings with the domain's `train_overrides`, then the model's, applied."""
+        settings = self.train.with_overrides(domain.train_overrides)
+        return settings.with_overrides(model.train_overrides) if model else settings
+
+    def data_for(self, model: ModelSpec, domain: DomainSpec) -> DataSpec:
+        """The domain's SFT data as this model reads it (its prompt template, unless the data names one)."""
+        if domain.train.prompt_template or not model.prompt_template:
+            return domain.train
+        return domain.train.model_copy(update={"prompt_template": model.prompt_template})
+
+    def benchmarks_for(self, model: ModelSpec, domain: DomainSpec) -> list[BenchmarkSpec]:
+        """The domain's benchmarks as this model is asked them (its prompt template, unless a spec names one)."""
+        return [b if b.prompt_template or not model.prompt_template
+                else b.model_copy(update={"prompt_template": model.prompt_template}) for b in domain.benchmarks]
 
     @model_validator(mode="after")
     def _overrides_valid(self) -> SweepConfig:
@@ -381,6 +423,14 @@ class SweepConfig(_Strict):
             except ValidationError as e:
                 err = e.errors()[0]
                 raise ValueError(f"domains.{i}.train_overrides.{_field_path(err['loc'])}: {err['msg']}") from None
+        for i, m in enumerate(self.models):
+            for d in self.domains:
+                try:
+                    self.train_for(d, m)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    raise ValueError(f"models.{i}.train_overrides.{_field_path(err['loc'])}: {err['msg']} "
+                                     f"(with domain {d.name!r})") from None
         return self
 
 

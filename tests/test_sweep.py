@@ -84,6 +84,10 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         ray_local, tmp_path, tiny_model, addition_files, cipher_files, mlflow_server):
     config = _config(tmp_path, tiny_model, addition_files, cipher_files, tracking={"mlflow_uri": mlflow_server},
                      scheduler={"kind": "none", "signal": "benchmark", "signal_limit": 8})
+    raw = yaml.safe_load(config.read_text())  # a model's own learning rate; a benchmark with two metrics
+    raw["models"][0]["train_overrides"] = {"learning_rate": 2e-3}
+    raw["domains"][1]["benchmarks"][0].update(scorer="exact_similarity", metric="similarity")
+    config.write_text(yaml.safe_dump(raw))
     proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best objective" in proc.stdout and "mlflow" in proc.stdout.lower()
@@ -103,6 +107,12 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         assert {"model", "domain", "tune_trial_id", "optuna_trial"} <= set(r.data.tags)
         assert "score" in r.data.metrics and "loss" in r.data.metrics and r.info.status == "FINISHED"
         assert 0 <= r.data.metrics["signal_score"] <= 1 and r.data.metrics["startup_s"] > 0
+        assert float(r.data.params["learning_rate"]) == 2e-3  # the model's train_overrides
+        if r.data.tags["domain"] == "cipher":  # the score follows the metric the benchmark names
+            assert {"cipher.exact_match", "cipher.similarity"} <= set(r.data.metrics)
+            assert r.data.metrics["score"] == r.data.metrics["score.cipher"] == r.data.metrics["cipher.similarity"]
+        else:
+            assert not any(k.startswith("addition.") for k in r.data.metrics)
     for r in parents:
         assert "probe_mean_p" in r.data.metrics and r.info.status == "FINISHED"
 

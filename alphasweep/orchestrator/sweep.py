@@ -298,9 +298,9 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     try:
         summaries = []
         for (model, domain), finished in zip(cfg.pairs(), done, strict=True):
-            job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
-                          benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
-                          storage_path=cfg.checkpoint_root(),
+            job = PairJob(model=model.name, domain=domain.name, model_path=model.path,
+                          data=cfg.data_for(model, domain), benchmarks=cfg.benchmarks_for(model, domain),
+                          train=cfg.train_for(domain, model), eval=cfg.eval, storage_path=cfg.checkpoint_root(),
                           signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
             budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
             summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))

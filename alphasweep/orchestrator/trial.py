@@ -88,7 +88,9 @@ def run_trial(config: dict, job: PairJob) -> None:
         raise RuntimeError(f"evaluation of {checkpoint} failed: {scores['error']}")
     tune.report({
         "score": scores["mean_score"],
-        **{f"score/{name}": s for name, s in scores["scores"].items()},
+        **{f"score/{name}": s for name, s in scores["scores"].items()},  # the metric each benchmark names
+        **{f"{name}/{metric}": v for name, values in scores["metrics"].items() if len(values) > 1
+           for metric, v in values.items()},
         "eval_seconds": scores["seconds"],
         "eval_replica": scores["replica"],  # which of the pool's evaluators scored it
         "checkpoint_path": checkpoint,
