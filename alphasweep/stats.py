@@ -14,7 +14,9 @@ Torch-free (numpy, scipy, statsmodels), so the report, the bench and the tests r
   seeds (of the score, or of the per-seed paired difference), and a comparison is decided only when the
   item interval and the seed interval both exclude 0 (the reported interval is their envelope).
 
-Bootstraps use a fixed random seed, so a report reads the same every time it is built.
+Bootstraps use a fixed random seed, so a report reads the same every time it is built. scipy and statsmodels
+are imported where an interval is computed: they take seconds to import, and every trial process imports
+this module only to record its `Outcomes`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
-from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.proportion import proportion_confint
 
 LEVEL = 0.95
 RESAMPLES = 4999
@@ -47,6 +46,8 @@ class Interval:
 
 def wilson(successes: int, n: int, level: float = LEVEL) -> Interval:
     """Wilson score interval for a proportion (accuracy over n items scored once each)."""
+    from statsmodels.stats.proportion import proportion_confint
+
     if n <= 0:
         raise ValueError(f"wilson: need at least one item, got n={n}")
     low, high = proportion_confint(successes, n, alpha=1 - level, method="wilson")
@@ -55,6 +56,8 @@ def wilson(successes: int, n: int, level: float = LEVEL) -> Interval:
 
 def bootstrap_mean(values: Sequence[float], level: float = LEVEL) -> Interval:
     """BCa bootstrap interval of a mean over items (avg@k, several benchmarks, paired differences)."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         raise ValueError("bootstrap: need at least one item")
@@ -76,6 +79,8 @@ class SeedSummary:
 
 
 def over_seeds(values: Sequence[float], level: float = LEVEL) -> SeedSummary:
+    from scipy import stats
+
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         raise ValueError("over_seeds: need at least one value")
@@ -110,6 +115,9 @@ def paired_binary(a: Sequence[bool], b: Sequence[bool], level: float = LEVEL) ->
     Binomial(d, pi), and `a - b` = d/n * (2 pi - 1). The Clopper-Pearson interval of pi, mapped through
     that line, excludes 0 exactly when the two-sided exact McNemar test rejects pi = 1/2.
     """
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.proportion import proportion_confint
+
     x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if x.shape != y.shape or x.size == 0:
         raise ValueError(f"paired_binary: need two equal, non-empty sets of items, got {x.size} and {y.size}")

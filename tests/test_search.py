@@ -8,7 +8,8 @@ from optuna.trial import TrialState
 
 from alphasweep.config import ConfigError, SearchSpec
 from alphasweep.orchestrator.space import SearchSpace, objective_of, point_of
-from alphasweep.orchestrator.sweep import PairSearch, fail_stale_trials, pair_summary
+from alphasweep.orchestrator.results import pair_summary
+from alphasweep.orchestrator.sweep import PairSearch, fail_stale_trials
 
 
 def test_space_draws_alpha_only_for_general_and_a_cut_only_for_thresholds():
@@ -43,7 +44,7 @@ def test_enqueued_names_become_points_and_foreign_families_are_refused():
 def _searcher(storage, name="m/d", points=None):
     return PairSearch(SearchSpace(SearchSpec(families=["nll", "p", "general"])), metric="score", mode="max",
                       points_to_evaluate=points, study_name=name, storage=storage,
-                      sampler=optuna.samplers.TPESampler(seed=0), constants={"train_learning_rate": 1e-3})
+                      sampler=optuna.samplers.TPESampler(seed=0), constants={"train_learning_rate": 1e-3, "seed": 0})
 
 
 def test_trials_stopped_early_reach_optuna_as_pruned_not_complete(tmp_path):

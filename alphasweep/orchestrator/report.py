@@ -7,49 +7,40 @@ from pathlib import Path
 import optuna
 
 from alphasweep.config import SweepConfig
-from alphasweep.orchestrator.sweep import pair_summary, study_name
+from alphasweep.orchestrator.results import alpha_points, load_study, pair_summary, repeats_study_name, study_name
 
 
 def build_report(cfg: SweepConfig) -> dict:
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
-    known = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     pairs = []
     for model, domain in cfg.pairs():
         name = study_name(model.name, domain.name)
-        if name in known:
-            pairs.append(pair_summary(optuna.load_study(study_name=name, storage=storage), model.name, domain.name))
+        study = load_study(storage, name)
+        if study is not None:
+            pairs.append(pair_summary(study, model.name, domain.name, load_study(storage, repeats_study_name(name))))
     return {"mlflow_uri": cfg.mlflow_uri(), "optuna_storage": cfg.optuna_storage(), "pairs": pairs}
 
 
 def format_table(report: dict) -> str:
-    head = ("pair", "continuum", "probe p", "NLL", "p", "best objective", "best", "trials")
+    """One row per pair (scores are means over seeds; the best's 95% interval), then each pair's verdict."""
+    head = ("pair", "continuum", "probe p", "NLL", "p", "best objective", "best [95% CI]", "trials", "seeds")
     rows = [head]
     for p in report["pairs"]:
         s = p["scores"]
+        ci = f" [{p['best_ci'][0]:.3f}, {p['best_ci'][1]:.3f}]" if p["best_ci"] else ""
         rows.append((
             f"{p['model']}/{p['domain']}", p["continuum"] or "-", _fmt(p["probe_mean_p"]),
-            _fmt(s.get("original")), _fmt(s.get("p")), p["best_objective"] or "-", _fmt(p["best_score"]),
+            _fmt(s.get("original")), _fmt(s.get("p")), p["best_objective"] or "-", _fmt(p["best_score"]) + ci,
             f"{p['trials']}" + (f" (+{p['stopped_early']} stopped)" if p["stopped_early"] else ""),
+            ",".join(map(str, p["seeds"])) or "-",
         ))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows)
+    table = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return table + "".join(f"\n{p['model']}/{p['domain']}: {p['verdict']}" for p in report["pairs"])
 
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
-
-
-def effective_alpha(config: dict) -> float | None:
-    """Where an objective sits on the alpha axis: NLL = 0, p = 1, general = its alpha; else None."""
-    family = config.get("family")
-    return {"nll": 0.0, "p": 1.0}.get(family, config.get("alpha") if family == "general" else None)
-
-
-def alpha_points(study: optuna.Study) -> list[tuple[float, float]]:
-    """(alpha, score) of the study's complete trials whose objective has an alpha."""
-    return sorted((effective_alpha(t.params), t.value) for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.value is not None and effective_alpha(t.params) is not None)
 
 
 def _pyplot():
@@ -87,7 +78,8 @@ def plot_report(cfg: SweepConfig, report: dict, out_dir: Path) -> list[Path]:
     curves, best_alpha = {}, []
     for p in report["pairs"]:
         label = f"{p['model']}/{p['domain']}"
-        pts = alpha_points(optuna.load_study(study_name=study_name(p["model"], p["domain"]), storage=storage))
+        name = study_name(p["model"], p["domain"])
+        pts = alpha_points(load_study(storage, name), load_study(storage, repeats_study_name(name)))
         curves[f"{label} ({p['continuum']})"] = pts
         if pts and p["probe_mean_p"] is not None:
             best_alpha.append((p["probe_mean_p"], max(pts, key=lambda x: x[1])[0], label))

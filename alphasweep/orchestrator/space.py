@@ -6,10 +6,16 @@ Optuna proposes `{family, alpha?, threshold?, learning_rate?}`; `objective_of` t
 
 from __future__ import annotations
 
+import json
+
+import optuna
+
 from alphasweep.config import ConfigError, SearchSpec
 from alphasweep.objectives import Objective, objective_from_params, parse_objective
 
 ALPHA_FAMILIES = {"general"}
+SKIPPED = "skipped"  # user attr of a proposal that repeated an earlier objective and never ran
+SEED, ITEMS = "seed", "items"  # user attrs of every run's Optuna trial: its training seed, its per-item outcomes
 
 
 def needs_threshold(family: str) -> bool:
@@ -60,3 +66,23 @@ def point_of(name: str, search: SearchSpec, learning_rate: float | None = None) 
     if search.learning_rate and learning_rate:
         point["learning_rate"] = learning_rate
     return point
+
+
+def warm_points(search: SearchSpec, suggestions: list[str], tried: set[str] = frozenset()) -> list[dict]:
+    """The warm start: the config's `enqueue` list, then the probe's suggestions (where `probe_warm_start`),
+    those whose family the search allows and not yet tried, in that order."""
+    names = list(search.enqueue) + (list(suggestions) if search.probe_warm_start else [])
+    return [point_of(n, search) for n in dict.fromkeys(names)
+            if n not in tried and parse_objective(n).family in search.families]
+
+
+def search_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler that proposes after the warm start."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4)
+
+
+def record_run(trial: optuna.Trial, result: dict) -> None:
+    """Keep a scored run's per-item outcomes (`stats.Outcomes`, sent as JSON by the trial) with its Optuna
+    trial: the study is what the report reads, and they are what its intervals and paired comparisons need."""
+    if result.get(ITEMS):
+        trial.set_user_attr(ITEMS, json.loads(result[ITEMS]))

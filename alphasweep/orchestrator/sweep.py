@@ -24,13 +24,29 @@ from ray.tune.search.optuna import OptunaSearch
 from alphasweep.config import ConfigError, SweepConfig
 from alphasweep.evaluation.actor import get_evaluator
 from alphasweep.orchestrator import tracking
-from alphasweep.orchestrator.space import SearchSpace, point_of
+from alphasweep.orchestrator.repeats import RepeatSearch, missing_confirmations, missing_seeds, pending
+from alphasweep.orchestrator.results import (
+    FINISHED,
+    alpha_points,
+    finished_trials,
+    load_study,
+    objective_name,
+    pair_summary,
+    repeats_study_name,
+    study_name,
+)
+from alphasweep.orchestrator.space import (
+    SEED,
+    SKIPPED,
+    SearchSpace,
+    record_run,
+    search_sampler,
+    warm_points,
+)
 from alphasweep.orchestrator.trial import PairJob, run_trial
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SEARCH_METRIC = "score"
 SIGNALS = {"heldout_nll": ("heldout_nll", "min"), "benchmark": ("signal_score", "max")}  # ASHA's metric, mode
-SKIPPED = "skipped"  # user attr of a proposal that repeated an earlier objective and never ran
 GUIDED_REDRAWS, MAX_REDRAWS = 5, 20
 
 
@@ -65,21 +81,25 @@ class PairSearch(OptunaSearch):
         finally:
             self._ot_study.sampler = guided
         if isinstance(config, dict):
-            config.update(self._constants, optuna_trial=self._ot_trials[trial_id].number)
+            trial = self._ot_trials[trial_id]
+            if "seed" in self._constants:
+                trial.set_user_attr(SEED, self._constants["seed"])
+            config.update(self._constants, optuna_trial=trial.number)
         return config
 
     def _repeats(self, config: dict, number: int) -> bool:
         key = (_point_name(config), config.get("learning_rate"))
-        return any((_objective_name(t), t.params.get("learning_rate")) == key
+        return any((objective_name(t), t.params.get("learning_rate")) == key
                    for t in self._ot_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
                    if t.number != number)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Training reports carry no `score`; the searcher only learns from finished trials."""
 
-
-def study_name(model: str, domain: str) -> str:
-    return f"{model}/{domain}"
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and trial_id in self._ot_trials:
+            record_run(self._ot_trials[trial_id], result)
+        super().on_trial_complete(trial_id, result, error)
 
 
 def fail_stale_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
@@ -92,13 +112,6 @@ def fail_stale_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
     for t in stale:
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return len(stale)
-
-
-def finished_trials(storage, name: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=FINISHED)
-    except KeyError:
-        return []
 
 
 def _probe(job: PairJob):
@@ -128,9 +141,10 @@ class PairRun:
         return study_name(self.job.model, self.job.domain)
 
     def run(self, budget: int) -> dict:
-        """Run the trials the pair still needs to reach `budget`; returns the pair's summary."""
-        name, client = self.name, self.client
-        stale = fail_stale_trials(self.storage, name)
+        """Run the trials the pair still needs to reach `budget`, then its repeats (other seeds, the
+        confirmation stage); returns the pair's summary."""
+        name, client, repeats_name = self.name, self.client, repeats_study_name(self.name)
+        stale = fail_stale_trials(self.storage, name) + fail_stale_trials(self.storage, repeats_name)
         remaining = budget - len(finished_trials(self.storage, name))
         self.log(f"[{name}] {budget - remaining}/{budget} trials done"
                  + (f", {stale} interrupted trial(s) marked failed" if stale else ""))
@@ -140,14 +154,23 @@ class PairRun:
         self.log(f"[{name}] probe: mean p {probe['probe_mean_p']:.3f} -> {probe['continuum']}")
         if remaining > 0:
             self._search(study, parent, self._warm_points(study, probe)[:remaining], remaining)
-        summary = pair_summary(study, self.job.model, self.job.domain)  # the study reads trials from storage
+        repeats = load_study(self.storage, repeats_name)
+        for stage in (missing_seeds, missing_confirmations):  # the confirmation ranks what the seeds stage added
+            todo = stage(self.cfg, study, repeats)
+            if todo:
+                repeats = optuna.create_study(study_name=repeats_name, storage=self.storage, direction="maximize",
+                                              load_if_exists=True)
+                self.log(f"[{name}] {todo[0].stage} stage: {len(todo)} run(s): "
+                         + ", ".join(f"{r.candidate.objective} seed {r.seed}" for r in todo))
+                self._tune(RepeatSearch(repeats, todo, self._constants()), FIFOScheduler(), len(todo), parent)
+        summary = pair_summary(study, self.job.model, self.job.domain, repeats)  # read back from storage
+        self.log(f"[{name}] {summary['verdict']}")
         if summary["best_objective"]:
             from alphasweep.objectives import parse_objective, plot_weights
-            from alphasweep.orchestrator.report import alpha_points, plot_score_vs_alpha
+            from alphasweep.orchestrator.report import plot_score_vs_alpha
 
-            client.set_tag(parent, "best_objective", summary["best_objective"])
-            client.log_metric(parent, "best_score", summary["best_score"])
-            points = alpha_points(study)
+            tracking.log_summary(client, parent, summary)
+            points = alpha_points(study, repeats)
             tracking.log_png(client, parent, lambda p: plot_score_vs_alpha({name: points}, p), "score_vs_alpha.png")
             tracking.log_png(client, parent,
                              lambda p: plot_weights([parse_objective(o) for o in summary["scores"]], p), "weights.png")
@@ -167,26 +190,20 @@ class PairRun:
         return study.user_attrs["probe"]
 
     def _warm_points(self, study: optuna.Study, probe: dict) -> list[dict]:
-        """The config's `enqueue` list, then the probe's suggestions: those allowed and not yet run, in order."""
-        search = self.cfg.search
-        tried = {_objective_name(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
-        points, seen = [], set()
-        for obj_name in list(search.enqueue) + (probe["suggestions"] if search.probe_warm_start else []):
-            point = point_of(obj_name, search) if _family_allowed(obj_name, self.cfg) else None
-            if point and obj_name not in tried and obj_name not in seen:
-                points.append(point)
-                seen.add(obj_name)
-        return points
+        tried = {objective_name(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
+        return warm_points(self.cfg.search, probe["suggestions"], tried)
+
+    def _constants(self) -> dict:
+        return {"train_learning_rate": self.job.train.learning_rate}
 
     def _search(self, study: optuna.Study, parent: str, points: list[dict], remaining: int) -> None:
         cfg, job, name = self.cfg, self.job, self.name
         searcher = PairSearch(
             SearchSpace(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points or None,
             # a seed per pair and per resume, so pairs and continued sweeps draw different proposals
-            sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + len(study.trials) + zlib.crc32(name.encode()),
-                                               multivariate=True, group=True, n_startup_trials=4),
+            sampler=search_sampler(cfg.search.seed + len(study.trials) + zlib.crc32(name.encode())),
             study_name=name, storage=self.storage,
-            constants={"train_learning_rate": job.train.learning_rate},
+            constants={**self._constants(), "seed": cfg.sweep_seeds()[0], "stage": "search"},
         )
         if cfg.scheduler.kind == "asha":
             metric, mode = SIGNALS[cfg.scheduler.signal]
@@ -197,39 +214,34 @@ class PairRun:
                                       reduction_factor=cfg.scheduler.reduction_factor)
         else:
             scheduler = FIFOScheduler()
-        config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         self.log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
                  + (f"; first: {', '.join(_point_name(p) for p in points)}" if points else ""))
+        self._tune(searcher, scheduler, remaining, parent)
+
+    def _tune(self, searcher, scheduler, num_samples: int, parent: str) -> None:
+        """One Tuner over `num_samples` trials that `searcher` proposes, mirrored into MLflow."""
+        cfg, job = self.cfg, self.job
+        config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
         # No actor reuse: killing the trial's actor is what ends the Train run of a trial that ASHA stops.
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
             run_config=tune.RunConfig(
                 name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
                 callbacks=[tracking.TrialTracker(self.client, self.exp_id, parent, job.model, job.domain, config_yaml),
-                           TrialPrinter(name, self.log)],
+                           TrialPrinter(self.name, self.log)],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
         tuner.fit()
 
 
-def _family_allowed(obj_name: str, cfg: SweepConfig) -> bool:
-    from alphasweep.objectives import parse_objective
-
-    return parse_objective(obj_name).family in cfg.search.families
-
-
 def _point_name(point: dict) -> str:
     from alphasweep.orchestrator.space import objective_of
 
     return objective_of(point).name
-
-
-def _objective_name(trial: optuna.trial.FrozenTrial) -> str:
-    return _point_name(trial.params)
 
 
 class TrialPrinter(tune.Callback):
@@ -239,37 +251,23 @@ class TrialPrinter(tune.Callback):
         self.pair, self.log = pair, log
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: training")
+        self.log(f"[{self.pair}] {_label(trial.config)}: training")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
         what = f"score {r['score']:.3f}" if "score" in r else f"stopped early at step {r.get('step', '?')}"
-        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: {what}")
+        self.log(f"[{self.pair}] {_label(trial.config)}: {what}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.log(f"[{self.pair}] trial #{trial.config['optuna_trial']} {_point_name(trial.config)}: FAILED "
-                 f"({trial.error_file or 'see the Ray logs'})")
+        self.log(f"[{self.pair}] {_label(trial.config)}: FAILED ({trial.error_file or 'see the Ray logs'})")
 
 
-def pair_summary(study: optuna.Study, model: str, domain: str) -> dict:
-    """Best objective, its score and every objective's score (the best of its trials) for one pair."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    scores: dict[str, float] = {}
-    for t in complete:
-        name = _objective_name(t)
-        scores[name] = max(scores.get(name, float("-inf")), t.value)
-    best = max(complete, key=lambda t: t.value, default=None)
-    probe = study.user_attrs.get("probe", {})
-    return {
-        "model": model, "domain": domain, "continuum": probe.get("continuum"),
-        "probe_mean_p": probe.get("probe_mean_p"),
-        "best_objective": _objective_name(best) if best else None,
-        "best_score": best.value if best else None,
-        "scores": scores,
-        "trials": len(complete),
-        "stopped_early": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
-        "failed": sum(SKIPPED not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
-    }
+def _label(config: dict) -> str:
+    """`trial #3 p` for a search trial, `confirm #1 p seed 2` for a repeat (numbered in the repeats study)."""
+    stage, name = config.get("stage", "search"), _point_name(config)
+    if stage == "search":
+        return f"trial #{config['optuna_trial']} {name}"
+    return f"{stage} #{config['optuna_trial']} {name} seed {config['seed']}"
 
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=print) -> list[dict]:
@@ -288,8 +286,10 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
     evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it
-    done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
-    if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):
+    names = [study_name(m.name, d.name) for m, d in cfg.pairs()]
+    done = [len(finished_trials(storage, name)) for name in names]
+    unfinished = min(done) < cfg.budget.trials_per_pair or any(pending(cfg, storage, name) for name in names)
+    if any(done) and unfinished and not (resume or extend):
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
                           "pass --resume to continue it, or --extend N to add trials")
     summaries = []

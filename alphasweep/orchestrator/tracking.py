@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from alphasweep.config import ConfigError
+from alphasweep.stats import Outcomes
 
 PAIR_TAG, KIND_TAG, OPTUNA_TAG, TUNE_TAG = "alphasweep.pair", "alphasweep.kind", "optuna_trial", "tune_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -100,11 +101,14 @@ class TrialTracker(tune.Callback):
         cfg = trial.config
         obj = objective_of(cfg)
         lr = cfg.get("learning_rate") or cfg["train_learning_rate"]
+        stage = cfg.get("stage", "search")
+        # a repeat (another seed, the confirmation) is numbered in the pair's repeats study
+        label = f"#{cfg['optuna_trial']}" if stage == "search" else f"{stage} #{cfg['optuna_trial']}, seed {cfg['seed']}"
         run = self.client.create_run(
-            self.exp_id, run_name=f"{obj.name} (#{cfg['optuna_trial']})",
+            self.exp_id, run_name=f"{obj.name} ({label})",
             tags={PARENT_TAG: self.parent_id, PAIR_TAG: f"{self.model}/{self.domain}", KIND_TAG: "trial",
                   "model": self.model, "domain": self.domain, TUNE_TAG: trial.trial_id,
-                  OPTUNA_TAG: str(cfg["optuna_trial"])},
+                  OPTUNA_TAG: str(cfg["optuna_trial"]), "stage": stage, "seed": str(cfg.get("seed", ""))},
         )
         run_id = self.runs[trial.trial_id] = run.info.run_id
         params = {"objective": obj.name, **obj.params(), "learning_rate": lr}
@@ -122,6 +126,10 @@ class TrialTracker(tune.Callback):
             self.client.log_metric(run_id, k, v, step=step)
         if result.get("samples"):
             self.client.log_text(run_id, "\n".join(json.dumps(s) for s in result["samples"]), "samples.jsonl")
+        if result.get("items"):  # the score's 95% interval over the items
+            ci = Outcomes.from_json(json.loads(result["items"])).interval()
+            self.client.log_metric(run_id, "score_ci_low", ci.low, step=step)
+            self.client.log_metric(run_id, "score_ci_high", ci.high, step=step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.runs.pop(trial.trial_id, None)
@@ -134,6 +142,23 @@ class TrialTracker(tune.Callback):
         run_id = self.runs.pop(trial.trial_id, None)
         if run_id:
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+
+
+def log_summary(client: MlflowClient, run_id: str, summary: dict) -> None:
+    """The pair's answer on its parent run: best objective, its score and interval, the paired comparisons
+    with NLL and the runner-up (difference, interval), whether it is decided, and the verdict sentence."""
+    client.set_tag(run_id, "best_objective", summary["best_objective"])
+    client.set_tag(run_id, "verdict", summary["verdict"])
+    client.set_tag(run_id, "decided", str(summary["decided"]).lower())
+    metrics = {"best_score": summary["best_score"]}
+    if summary["best_ci"]:
+        metrics["best_ci_low"], metrics["best_ci_high"] = summary["best_ci"]
+    for key in ("vs_nll", "vs_runner_up"):
+        if summary[key]:
+            metrics[key] = summary[key]["difference"]
+            metrics[f"{key}_low"], metrics[f"{key}_high"] = summary[key]["ci"]
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v)
 
 
 def _plot_one(obj, path: Path) -> None:

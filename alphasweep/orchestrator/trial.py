@@ -6,6 +6,7 @@ CPU; the Train workers and the evaluator actor hold the real CPUs/GPUs (stack no
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from alphasweep.config import BenchmarkSpec, DataSpec, EvalConfig, TrainConfig
+from alphasweep.stats import Outcomes
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,10 @@ def run_trial(config: dict, job: PairJob) -> None:
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
     objective = objective_of(config)
+    train = job.train.model_copy(update={"seed": config["seed"]}) if "seed" in config else job.train
     trainer = build_trainer(
-        model_path=job.model_path, data=job.data, train=job.train, objective=objective.name,
-        storage_path=job.storage_path, name=f"{job.slug}-trial{config['optuna_trial']:04d}",
+        model_path=job.model_path, data=job.data, train=train, objective=objective.name,
+        storage_path=job.storage_path, name=f"{job.slug}-{config.get('stage', 'search')}{config['optuna_trial']:04d}",
         learning_rate=config.get("learning_rate"), callbacks=[TuneReportCallback()], started_at=started_at,
         signal=job.signal_spec(),
     )
@@ -64,4 +67,5 @@ def run_trial(config: dict, job: PairJob) -> None:
         "eval_seconds": scores["seconds"],
         "checkpoint_path": checkpoint,
         "samples": scores["records"][: job.eval.samples_logged],
+        "items": json.dumps(Outcomes.from_records(scores["records"], scores["k"]).to_json()),  # for the report
     })

@@ -1,0 +1,213 @@
+"""The read-only view of a sweep's results in its Optuna storage: studies, finished trials, pair summaries.
+
+The Optuna storage is the record of a sweep (MLflow mirrors it for browsing): per (model, domain) pair, a
+study of the search (one trial per objective tried, first seed) and a study of its repeats (other seeds,
+the confirmation stage; `repeats.py`). Every scored run keeps its per-item outcomes as a user attribute, so
+the summary can say how sure it is: an interval per objective and paired comparisons of the best objective
+with NLL and with the runner-up (`stats.py`). The sweep driver and the report both read it through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from alphasweep.orchestrator.space import ITEMS, SEED, SKIPPED, objective_of
+from alphasweep.stats import Outcomes, SeedSummary, compare, over_seeds
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # ran to the end, or stopped early by the scheduler
+STAGE, OF_TRIAL = "stage", "of_trial"  # user attrs of a repeat: `seeds` or `confirm`; the search trial it repeats
+NLL = "original"
+
+
+def study_name(model: str, domain: str) -> str:
+    return f"{model}/{domain}"
+
+
+def repeats_study_name(pair: str) -> str:
+    """The pair's repeats live in a study of their own, which no sampler reads."""
+    return f"{pair}/repeats"
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
+    """The study, or None before its first trial."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def finished_trials(storage: optuna.storages.BaseStorage, name: str) -> list[FrozenTrial]:
+    study = load_study(storage, name)
+    return [] if study is None else study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def objective_name(trial: FrozenTrial) -> str:
+    return objective_of(trial.params).name
+
+
+def _complete(study: optuna.Study | None) -> list[FrozenTrial]:
+    if study is None:
+        return []
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One scored training run: its score and, where recorded, its per-item outcomes."""
+
+    score: float
+    outcomes: Outcomes | None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> Run:
+        items = trial.user_attrs.get(ITEMS)
+        return cls(trial.value, Outcomes.from_json(items) if items else None)
+
+
+@dataclass
+class Candidate:
+    """One objective of a pair (with its learning rate, where that is searched) and its runs, one per seed.
+
+    A repeated proposal with the same seed is the same experiment: the first run of a seed counts."""
+
+    objective: str
+    params: dict
+    trial: int  # the search trial that first ran it
+    runs: dict[int | None, Run] = field(default_factory=dict)  # seed -> run (None: recorded before seeds)
+    confirmed: bool = False  # a finalist of the confirmation stage
+
+    def summary(self, seeds: Iterable[int | None] | None = None) -> SeedSummary:
+        """Mean, spread and interval over its seeds (or over those of `seeds` it has)."""
+        chosen = [r.score for s, r in self.runs.items() if seeds is None or s in seeds]
+        return over_seeds(chosen) if chosen else SeedSummary(float("-inf"), 0.0, 0, None)
+
+    def interval(self) -> tuple[list[float], str] | tuple[None, None]:
+        """Over several seeds, the t interval over seeds; for one run, its interval over items."""
+        s = self.summary()
+        if s.interval is not None:
+            return s.interval.as_list(), s.interval.method
+        (run,) = self.runs.values()
+        if run.outcomes is None:
+            return None, None
+        ci = run.outcomes.interval()
+        return ci.as_list(), ci.method
+
+
+def candidates(search: optuna.Study, repeats: optuna.Study | None = None) -> list[Candidate]:
+    """Every objective with a complete search trial, with its runs over seeds (search and repeats)."""
+    by_key: dict[tuple, Candidate] = {}
+    by_trial: dict[int, Candidate] = {}
+    for t in _complete(search):
+        key = (objective_name(t), t.params.get("learning_rate"))
+        c = by_key.setdefault(key, Candidate(key[0], dict(t.params), t.number))
+        c.runs.setdefault(t.user_attrs.get(SEED), Run.of(t))
+        by_trial[t.number] = c
+    for t in _complete(repeats):
+        c = by_trial.get(t.user_attrs[OF_TRIAL])
+        if c is not None:
+            c.runs.setdefault(t.user_attrs[SEED], Run.of(t))
+            c.confirmed |= t.user_attrs[STAGE] == "confirm"
+    return list(by_key.values())
+
+
+def ranked(cands: list[Candidate]) -> list[Candidate]:
+    """Best first by the mean over all of their seeds; after a confirmation stage its finalists come first."""
+    return sorted(cands, key=lambda c: (not c.confirmed, -c.summary().mean))
+
+
+def comparison(a: Candidate, b: Candidate) -> dict | None:
+    """`a - b` paired on the seeds both ran and the items both were scored on; None without per-item outcomes."""
+    seeds = [s for s, r in a.runs.items()
+             if r.outcomes and s in b.runs and b.runs[s].outcomes and r.outcomes.same_items(b.runs[s].outcomes)]
+    if not seeds:
+        return None
+    c = compare([a.runs[s].outcomes for s in seeds], [b.runs[s].outcomes for s in seeds])
+    return {"objective": b.objective, "difference": c.difference, "ci": c.interval.as_list(),
+            "method": c.interval.method, "seeds": seeds, "p_value": c.p_value, "decided": c.decided}
+
+
+def pair_summary(study: optuna.Study, model: str, domain: str, repeats: optuna.Study | None = None) -> dict:
+    """The pair's objectives over their seeds, the best one, and how sure that is.
+
+    `scores[name]` is an objective's mean over its seeds; `objectives[name]` adds its spread, its 95%
+    interval and its per-seed scores. The best is the first of `ranked`; `vs_nll` and `vs_runner_up` are
+    paired comparisons (difference, interval) with NLL and with the second; `decided` says whether the
+    interval of `vs_runner_up` excludes 0, and `verdict` says it in a sentence.
+    """
+    order = ranked(candidates(study, repeats))
+    objectives: dict[str, dict] = {}
+    for c in order:  # an objective run with several learning rates shows its best
+        if c.objective not in objectives:
+            s = c.summary()
+            ci, method = c.interval()
+            objectives[c.objective] = {
+                "score": s.mean, "std": s.std, "ci": ci, "ci_method": method,
+                "seeds": {str(seed): r.score for seed, r in c.runs.items()},
+                "n_items": next((r.outcomes.n for r in c.runs.values() if r.outcomes), None),
+                "confirmed": c.confirmed}
+    best = order[0] if order else None
+    nll = next((c for c in order if c.objective == NLL), None)
+    vs_nll = comparison(best, nll) if best and nll and nll is not best else None
+    vs_runner_up = comparison(best, order[1]) if len(order) > 1 else None
+    probe = study.user_attrs.get("probe", {})
+    summary = {
+        "model": model, "domain": domain, "continuum": probe.get("continuum"),
+        "probe_mean_p": probe.get("probe_mean_p"),
+        "best_objective": best.objective if best else None,
+        "best_score": objectives[best.objective]["score"] if best else None,
+        "best_ci": objectives[best.objective]["ci"] if best else None,
+        "scores": {name: o["score"] for name, o in objectives.items()},
+        "objectives": objectives,
+        "vs_nll": vs_nll, "vs_runner_up": vs_runner_up,
+        "decided": bool(vs_runner_up and vs_runner_up["decided"]),
+        "seeds": sorted({s for c in order for s in c.runs if s is not None}),
+        "trials": len(_complete(study)),
+        "stopped_early": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
+        "failed": sum(SKIPPED not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+    }
+    summary["verdict"] = verdict(summary, len(order))
+    return summary
+
+
+def _points(c: dict) -> str:
+    low, high = c["ci"]
+    return f"{100 * c['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] points"
+
+
+def verdict(summary: dict, objectives: int) -> str:
+    """"best: X, ahead of NLL by d [lo, hi]" or "tie: X and Y cannot be told apart on these items"."""
+    best, nll, up = summary["best_objective"], summary["vs_nll"], summary["vs_runner_up"]
+    if best is None:
+        return "no objective scored yet"
+    if objectives == 1:
+        return f"best: {best} (the only objective scored)"
+    if up is None:
+        return f"best: {best} (no per-item outcomes recorded to compare it with)"
+    runner_up = up["objective"]
+    if not summary["decided"]:
+        where = "these items" + (f" and {len(up['seeds'])} seeds" if len(up["seeds"]) > 1 else "")
+        text = f"tie: {best} and {runner_up} cannot be told apart on {where} ({best} - {runner_up}: {_points(up)})"
+        return text + (f"; {best} - NLL: {_points(nll)}" if nll and runner_up != NLL else "")
+    said = []
+    if nll:
+        said.append(f"ahead of NLL by {_points(nll)}" if nll["decided"]
+                    else f"not told apart from NLL ({_points(nll)})")
+    if runner_up != NLL or not nll:
+        said.append(f"ahead of the runner-up {runner_up} by {_points(up)}")
+    return f"best: {best}, " + ", ".join(said)
+
+
+def effective_alpha(params: dict) -> float | None:
+    """Where an objective sits on the alpha axis: NLL = 0, p = 1, general = its alpha; else None."""
+    family = params.get("family")
+    return {"nll": 0.0, "p": 1.0}.get(family, params.get("alpha") if family == "general" else None)
+
+
+def alpha_points(search: optuna.Study, repeats: optuna.Study | None = None) -> list[tuple[float, float]]:
+    """(alpha, mean score over seeds) of the pair's objectives that have an alpha, sorted by alpha."""
+    return sorted((effective_alpha(c.params), c.summary().mean) for c in candidates(search, repeats)
+                  if effective_alpha(c.params) is not None)
