@@ -41,11 +41,11 @@ import optuna
 
 from alphasweep.config import SearchSpec
 from alphasweep.objectives import parse_objective
-from alphasweep.orchestrator.space import SearchSpace, objective_of, point_of
+from alphasweep.orchestrator.space import SearchSpace, objective_of, point_of, search_sampler, warm_points
 from alphasweep.orchestrator.sweep import PairSearch
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE = Path(os.environ.get("SE_TABLE", ROOT / "bench" / "data" / "search_efficiency.json"))
+TABLE = ROOT / "bench" / "data" / "search_efficiency.json"
 DEMO = ROOT / "configs" / "demo.yaml"
 GRID = ["original", "GeneralFamily-0.05", "GeneralFamily-0.1", "GeneralFamily-0.2", "GeneralFamily-0.4", "p",
         "GeneralFamily-2", "GeneralFamily-4", "GeneralFamily-8", "OnlyTopLogP-0.05", "OnlyTopLogP-0.25",
@@ -128,13 +128,6 @@ class Answers:
         return float(np.interp(at, [x for x, _ in curve], [pick(v) for _, v in curve]))
 
 
-def warm_points(search: SearchSpec, suggestions: list[str]) -> list[dict]:
-    """The sweep's warm start for a fresh pair: `enqueue`, then the probe's suggestions its families allow."""
-    names = list(search.enqueue) + (suggestions if search.probe_warm_start else [])
-    allowed = [n for n in dict.fromkeys(names) if parse_objective(n).family in search.families]
-    return [point_of(n, search) for n in allowed]
-
-
 def trials_to_best(strategy: str, search: SearchSpec, answers: Answers, suggestions: list[str], rep: int,
                    grid: list[str], cap: int) -> int:
     """Trials until a proposal is within `WITHIN` of the grid's best; `cap + 1` if none within `cap`."""
@@ -145,10 +138,7 @@ def trials_to_best(strategy: str, search: SearchSpec, answers: Answers, suggesti
                 return i
         return cap + 1
     points = warm_points(search, suggestions) if strategy == "alphasweep" else None
-    if strategy == "random":
-        sampler = optuna.samplers.RandomSampler(seed=rep)
-    else:  # as the sweep builds it
-        sampler = optuna.samplers.TPESampler(seed=rep, multivariate=True, group=True, n_startup_trials=4)
+    sampler = optuna.samplers.RandomSampler(seed=rep) if strategy == "random" else search_sampler(rep)
     searcher = PairSearch(SearchSpace(search), metric="score", mode="max", points_to_evaluate=points,
                           sampler=sampler, study_name=f"replay-{rep}", constants={})
     for i in range(1, cap + 1):
@@ -178,14 +168,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "search-grid", help="The grid sweep's output_dir.")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="An override for the grid sweep.")
     ap.add_argument("--reps", type=int, default=100, help="Repetitions per strategy and pair.")
+    ap.add_argument("--table", type=Path, default=TABLE, help="Where the grid's table is (or goes).")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.regrid or not (args.replay_only or TABLE.exists()):
+    if args.regrid or not (args.replay_only or args.table.exists()):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        TABLE.parent.mkdir(parents=True, exist_ok=True)
-        TABLE.write_text(json.dumps(run_grid(args.out.resolve(), args.sets), indent=1) + "\n")
-        print(f"grid saved to {TABLE.relative_to(ROOT)}")
-    table = json.loads(TABLE.read_text())
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(json.dumps(run_grid(args.out.resolve(), args.sets), indent=1) + "\n")
+        print(f"grid saved to {args.table}")
+    table = json.loads(args.table.read_text())
     started = time.time()
     results = replay(table, args.reps)
     size = len(table["grid"])
