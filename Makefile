@@ -1,4 +1,5 @@
 # Two commands for a fresh machine: `make demo` runs the embedded default sweep, `make test` runs the tests.
+# `make lint` runs ruff (configured in pyproject.toml) over the package, the tests and the benches.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -6,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/alphasweep sweep
+
+lint: $(STAMP)
+	$(BIN)/ruff check alphasweep tests bench
 
 test: $(STAMP)
 	bash tests/services.sh

@@ -1,27 +1,31 @@
 """The `alphasweep` command: train, eval, probe, sweep, report, submit.
 
 User errors (bad config, missing file, unknown objective) print one line and exit 2, no traceback.
+Each command imports the heavy modules it runs (torch, transformers, Ray, MLflow) in its own body, so
+that `alphasweep --help` and reading a config stay quick and never import torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from functools import wraps
 from pathlib import Path
 
 import click
 
-from alphasweep.config import ConfigError, check_local_paths, load_config
+from alphasweep.config import ConfigError, DataSpec, check_local_paths, load_config
+from alphasweep.objectives import parse_objective
+from alphasweep.rows import DataError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 def _user_errors(fn):
     """Turn the errors a user can fix into one line on stderr and exit code 2."""
-    from alphasweep.data import DataError
-
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -37,7 +41,8 @@ def _init_ray(address: str | None) -> None:
     """Attach to `address` (or $RAY_ADDRESS), else start a local instance with the dashboard."""
     import ray
 
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # never leak into workers (stack notes, section 3)
+    # A set MLFLOW_EXPERIMENT_ID would reach every worker of a local cluster started here (docs/upstream.md).
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -65,7 +70,6 @@ def main() -> None:
 @_user_errors
 def train(config_path, objective, model_name, domain_name, overrides, address):
     """Fine-tune one model on one domain with one objective (a Ray Train run)."""
-    from alphasweep.objectives import parse_objective
     from alphasweep.workers.progress import PrintProgress
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
@@ -132,8 +136,6 @@ def sweep(config_path, resume, extend, overrides, address, rebuild):
 @_user_errors
 def report(config_path, as_json, overrides):
     """Best objective per pair, scores, and plots of a sweep (CONFIG or its output dir)."""
-    import json
-
     from alphasweep.orchestrator.report import build_report, format_table, plot_report
 
     cfg = load_config(_config_of(config_path), list(overrides))
@@ -167,10 +169,6 @@ def _config_of(path: str | None) -> Path:
 @_user_errors
 def probe(model_path, data_path, fmt, prompt_field, completion_field, sample, max_length, as_json):
     """Measure the base model's token probabilities on SFT data: its place on the continuum."""
-    import json
-    from dataclasses import asdict
-
-    from alphasweep.config import DataSpec
     from alphasweep.probe import probe_capability
 
     spec = DataSpec(path=data_path, format=fmt, prompt_field=prompt_field, completion_field=completion_field)
@@ -225,8 +223,8 @@ def submit(config_path, address, follow, status_of, stop_job, ship_project, over
         if status_of:
             state, message = jobs.status(address, status_of)
             lines = message.splitlines()
-            cause = next((l for l in reversed(lines) if l.startswith("error:")), "")  # the sweep's own error line
-            brief = " | ".join(dict.fromkeys(l for l in (lines[:1] + [cause]) if l))
+            cause = next((line for line in reversed(lines) if line.startswith("error:")), "")  # the sweep's own
+            brief = " | ".join(dict.fromkeys(line for line in (lines[:1] + [cause]) if line))
             click.echo(f"{status_of}: {state}" + (f" ({brief})" if brief else ""))
             sys.exit(0 if state in ("SUCCEEDED", "RUNNING", "PENDING") else 1)
         if stop_job:

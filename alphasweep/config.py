@@ -11,9 +11,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from alphasweep.objectives import FAMILIES, parse_objective
+from alphasweep.objectives import FAMILIES, SPECS, parse_objective
+from alphasweep.rows import looks_local
+
+DEMO_PREFIX = "demo:"  # `demo:base`, `demo:TASK/train.jsonl`: what the embedded demo builds (demo.py)
 
 
 class ConfigError(ValueError):
@@ -103,18 +114,13 @@ class SearchSpec(_Strict):
     def _known_objectives(cls, names: list[str]) -> list[str]:
         return [parse_objective(n).name for n in names]
 
-    @field_validator("alpha")
+    @field_validator("alpha", "threshold")
     @classmethod
-    def _alpha_range(cls, r: RangeSpec) -> RangeSpec:
-        if r.low < -1 or r.high > 16:
-            raise ValueError("alpha must lie in [-1, 16]")
-        return r
-
-    @field_validator("threshold")
-    @classmethod
-    def _threshold_range(cls, r: RangeSpec) -> RangeSpec:
-        if r.low <= 0 or r.high >= 1:
-            raise ValueError("threshold must lie inside (0, 1)")
+    def _inside_family_ranges(cls, r: RangeSpec, info: ValidationInfo) -> RangeSpec:
+        """A searched range lies inside the range of every family that takes the parameter (objective registry)."""
+        for spec in SPECS.values():
+            if spec.field == info.field_name and not (r.low in spec.range and r.high in spec.range):
+                raise ValueError(f"{info.field_name} must lie in {spec.range}")
         return r
 
 
@@ -372,9 +378,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
     return parse_config(raw, str(path), overrides)
 
 
-def _looks_local(path: str) -> bool:
-    return not path.startswith("demo:") and (
-        path.startswith(("/", ".", "~")) or Path(path).suffix in {".jsonl", ".json", ".parquet"})
+def _local(path: str) -> bool:
+    """A local path to check; `demo:` paths are the demo's, resolved when it is built."""
+    return not path.startswith(DEMO_PREFIX) and looks_local(path)
 
 
 def check_local_paths(cfg: SweepConfig) -> None:
@@ -383,11 +389,11 @@ def check_local_paths(cfg: SweepConfig) -> None:
     Not part of validation, because `submit` validates a config whose paths live on the cluster.
     """
     for i, m in enumerate(cfg.models):
-        if _looks_local(m.path) and not Path(m.path).expanduser().exists():
+        if _local(m.path) and not Path(m.path).expanduser().exists():
             raise ConfigError(f"models.{i}.path: model directory not found: {m.path}")
     for i, d in enumerate(cfg.domains):
-        if _looks_local(d.train.path) and not Path(d.train.path).expanduser().is_file():
+        if _local(d.train.path) and not Path(d.train.path).expanduser().exists():
             raise ConfigError(f"domains.{i}.train.path: data file not found: {d.train.path}")
         for j, b in enumerate(d.benchmarks):
-            if b.path and _looks_local(b.path) and not Path(b.path).expanduser().exists():
+            if b.path and _local(b.path) and not Path(b.path).expanduser().exists():
                 raise ConfigError(f"domains.{i}.benchmarks.{j}.path: benchmark file not found: {b.path}")

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from alphasweep.config import DataSpec
-
-_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """A problem with the SFT data that the user must fix (or skip with `skip_bad_rows: true`)."""
+from alphasweep.rows import DataError, load_rows
 
 
 @dataclass
@@ -35,25 +29,9 @@ class SFTData:
     stats: dict[str, int] = field(default_factory=dict)  # rows, skipped, truncated
 
 
-def load_rows(spec: DataSpec) -> list[dict]:
-    """Rows as dicts: a local .jsonl/.json/.parquet through `datasets`, else a hub dataset id."""
-    import datasets
-
-    path = Path(spec.path).expanduser()
-    try:
-        if path.suffix in _LOCAL_FORMATS:
-            if not path.is_file():
-                raise DataError(f"data file not found: {path}")
-            ds = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
-        elif path.is_dir() or spec.path.startswith((".", "/")):
-            raise DataError(f"data path {spec.path}: expected a .jsonl, .json or .parquet file or a hub id")
-        else:
-            ds = datasets.load_dataset(spec.path, spec.subset, split=spec.split)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 — datasets raises many types; the user needs the cause in one line
-        raise DataError(f"cannot load data {spec.path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    return list(ds)
+def load_sft_rows(spec: DataSpec) -> list[dict]:
+    """The rows of the SFT data a spec names (see `alphasweep.rows.load_rows`)."""
+    return load_rows(spec.path, split=spec.split, subset=spec.subset, what="data")
 
 
 def _check_row(row: dict, spec: DataSpec) -> None:
@@ -102,7 +80,8 @@ def _encode_messages(row: dict, spec: DataSpec, tok) -> Example:
     return Example(ids, mask)
 
 
-def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int, source: str) -> tuple[list[Example], dict]:
+def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int,
+                  source: str) -> tuple[list[Example], dict]:
     """Validate and tokenize rows; truncate to `max_length` and count what was truncated or skipped."""
     if spec.format == "messages" and not tokenizer.chat_template:
         raise DataError(f"{source}: format 'messages' needs a tokenizer with a chat template")
@@ -128,7 +107,7 @@ def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int, 
 
 def load_sft_data(spec: DataSpec, tokenizer, max_length: int, seed: int = 0) -> SFTData:
     """Load, tokenize, shuffle with `seed`, and hold out `spec.heldout` rows for held-out NLL."""
-    examples, stats = tokenize_rows(load_rows(spec), tokenizer, spec, max_length, spec.path)
+    examples, stats = tokenize_rows(load_sft_rows(spec), tokenizer, spec, max_length, spec.path)
     random.Random(seed).shuffle(examples)
     n_heldout = min(spec.heldout, len(examples) // 5)
     return SFTData(train=examples[n_heldout:], heldout=examples[:n_heldout], stats=stats)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from alphasweep.config import SweepConfig
+from alphasweep.config import DEMO_PREFIX, SweepConfig
 from alphasweep.synthetic import problems, write_task_files
 from alphasweep.tinykit import build_base
-
-PREFIX = "demo:"
 
 
 def cache_dir(cfg: SweepConfig) -> Path:
@@ -38,9 +36,9 @@ def prepare_demo(cfg: SweepConfig, *, rebuild: bool = False, log=print) -> Sweep
     base = build_base(root / "models", **demo.base.model_dump(), exclude=held_out, rebuild=rebuild)
 
     def resolve(path: str) -> str:
-        if not path.startswith(PREFIX):
+        if not path.startswith(DEMO_PREFIX):
             return path
-        name = path[len(PREFIX):]
+        name = path[len(DEMO_PREFIX):]
         if name == "base":
             return str(base)
         task, _, file = name.partition("/")

@@ -16,8 +16,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from alphasweep.config import DataSpec
+from alphasweep.data import collate, load_sft_data
+from alphasweep.objectives.loss import target_log_prob
+from alphasweep.tokenizer import load_tokenizer
 
 STRONG_AT, WEAK_AT = 0.5, 0.2
 SUGGESTIONS = {
@@ -51,14 +55,7 @@ def continuum_of(mean_p: float) -> str:
 def probe_capability(model_path: str, data: DataSpec, *, max_length: int = 256, sample: int = 256,
                      batch_size: int = 16, seed: int = 0) -> ProbeResult:
     """Token probabilities of the base model on `sample` SFT rows (completion tokens only)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alphasweep.data import collate, load_sft_data
-    from alphasweep.objectives import target_log_prob
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device).eval()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
 import os
 import random
 import statistics
@@ -46,10 +47,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from alphasweep import synthetic  # noqa: E402
-from alphasweep.tinykit import build_base  # noqa: E402
+from alphasweep import synthetic
+from alphasweep.objectives import objective_loss, parse_objective
+from alphasweep.tinykit import build_base
 
 OBJECTIVES = ["original", "GeneralFamily-0.25", "p", "GeneralFamily-4", "OnlyTopLogP-0.5"]
 SCREEN_OBJECTIVES = ["original", "p"]
@@ -121,7 +124,7 @@ def _no_carry(prompt: str) -> str:
     """`a+b=` answered column by column without carrying: the classic systematic slip (57+68 -> 15)."""
     a, b = prompt.rstrip("=").split("+")
     a, b = a.zfill(2), b.zfill(2)
-    return str(int("".join(str((int(x) + int(y)) % 10) for x, y in zip(a, b))))
+    return str(int("".join(str((int(x) + int(y)) % 10) for x, y in zip(a, b, strict=True))))
 
 
 def corrupt_no_carry(rows: list[tuple[str, str]], rate: float, seed: int) -> list[tuple[str, str]]:
@@ -212,21 +215,9 @@ def collate(examples, pad_id: int) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------- objectives
 def loss_fn(name: str):
-    """alphasweep.objectives when importable, else the f_alpha family inline (mean over completion tokens)."""
-    try:
-        from alphasweep.objectives import objective_loss, parse_objective
-
-        objective = parse_objective(name)
-        return lambda logits, labels, mask: objective_loss(logits, labels, mask, objective)
-    except Exception:  # noqa: BLE001 — module being written by someone else
-        plain = {"original": 0.0, "p": 1.0}  # GeneralFamily-<a> only; thresholds need the module
-        alpha = plain[name] if name in plain else float(name.split("-")[1])
-
-        def inline(logits, labels, mask):
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1)[mask]
-            return (-logp if alpha == 0 else -torch.expm1(alpha * logp) / alpha).mean()
-
-        return inline
+    """The objective's loss as alphasweep computes it."""
+    objective = parse_objective(name)
+    return lambda logits, labels, mask: objective_loss(logits, labels, mask, objective)
 
 
 # -------------------------------------------------------------------------------------- train and eval
@@ -289,7 +280,7 @@ def accuracy(model, tok, test, max_new_tokens: int, batch_size: int = 256) -> fl
                 if done.all():
                     break
             out = torch.stack(new, 1).tolist()
-            for row, i in zip(out, chunk):
+            for row, i in zip(out, chunk, strict=True):
                 row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
                 correct += tok.decode(row, skip_special_tokens=True).strip() == test[i][1]
     return 100.0 * correct / len(test)
@@ -322,8 +313,6 @@ def _job_key(job: dict) -> str:
 def run_job(job: dict) -> dict:
     """One fine-tune + eval (objective None: the base itself, with the probe)."""
     torch.set_num_threads(1)
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     setting, seed, pair, objective = Setting(**job["setting"]), job["seed"], job["pair"], job["objective"]
     path = base_path(setting, seed, Path(job["work"]))
     tok = AutoTokenizer.from_pretrained(path)
@@ -351,8 +340,6 @@ def _build_base_job(args) -> str:
 
 
 def run_all(settings: list[Setting], seeds: list[int], objectives: list[str], work: Path, workers: int) -> list[dict]:
-    import multiprocessing as mp
-
     cache = work / "results.jsonl"
     done = {}
     if cache.exists():

@@ -45,8 +45,10 @@ def main() -> None:
         for obj in objectives:
             vals = [100 * results[s][domain]["scores"][obj] for s in args.seeds]
             spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            print(f"{obj:<22}" + "".join(f"{v:>9.1f}" for v in vals) + f"{statistics.mean(vals):>10.1f} ± {spread:4.1f}")
-        gaps = [100 * (results[s][domain]["scores"]["p"] - results[s][domain]["scores"]["original"]) for s in args.seeds]
+            mean = f"{statistics.mean(vals):>10.1f} ± {spread:4.1f}"
+            print(f"{obj:<22}" + "".join(f"{v:>9.1f}" for v in vals) + mean)
+        gaps = [100 * (results[s][domain]["scores"]["p"] - results[s][domain]["scores"]["original"])
+                for s in args.seeds]
         print(f"{'p - original':<22}" + "".join(f"{g:>+9.1f}" for g in gaps) + f"{statistics.mean(gaps):>+10.1f}")
 
 

@@ -17,12 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alphasweep.config import EvalConfig  # noqa: E402
-from alphasweep.evaluation.backends import HFBackend, VLLMBackend  # noqa: E402
-from alphasweep.synthetic import problems  # noqa: E402
-from alphasweep.tinykit import build_base  # noqa: E402
+from alphasweep.config import EvalConfig
+from alphasweep.evaluation.backends import HFBackend, VLLMBackend
+from alphasweep.synthetic import problems
+from alphasweep.tinykit import build_base
 
 
 def measure(backend, prompts: list[str], repeats: int) -> tuple[float, float]:
@@ -47,9 +49,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--model-dir", default=None, help="where the tiny model is built (default: a temp dir)")
     args = ap.parse_args()
-
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="alphasweep-bench-"))

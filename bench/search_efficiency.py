@@ -38,11 +38,18 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import yaml
 
 from alphasweep.config import SearchSpec
 from alphasweep.objectives import parse_objective
-from alphasweep.orchestrator.space import SearchSpace, objective_of, point_of, search_sampler, warm_points
-from alphasweep.orchestrator.sweep import PairSearch
+from alphasweep.orchestrator.space import (
+    PairSearch,
+    SearchSpace,
+    objective_of,
+    point_of,
+    search_sampler,
+    warm_points,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "data" / "search_efficiency.json"
@@ -61,8 +68,6 @@ TARGET = 0.25
 
 def run_grid(out: Path, sets: list[str]) -> dict:
     """One sweep of the demo with the grid enqueued, every seed; returns the table."""
-    import yaml
-
     demo = yaml.safe_load(DEMO.read_text())
     overrides = [f"output_dir={out}", f"search.enqueue={json.dumps(GRID)}", "search.probe_warm_start=false",
                  f"budget.trials_per_pair={len(GRID)}", f"seeds={json.dumps(SEEDS)}", *sets]

@@ -16,18 +16,19 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+import ray
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import collate, load_sft_data
 from alphasweep.objectives import objective_loss, parse_objective
 from alphasweep.synthetic import write_task_files
 from alphasweep.tinykit import build_base
+from alphasweep.workers.trainer import build_trainer
 
 
 def plain_loop(model_path: str, data: DataSpec, tc: TrainConfig, objective: str, warmup: int) -> float:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch.manual_seed(tc.seed)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -51,10 +52,6 @@ def plain_loop(model_path: str, data: DataSpec, tc: TrainConfig, objective: str,
 
 
 def ray_worker(model_path: str, data: DataSpec, tc: TrainConfig, objective: str, warmup: int, root: Path) -> float:
-    import ray
-
-    from alphasweep.workers.trainer import build_trainer
-
     ray.init(num_cpus=int(tc.cpus_per_worker), include_dashboard=False, log_to_driver=False)
     result = build_trainer(model_path=model_path, data=data, train=tc, objective=objective,
                            storage_path=str(root / "ray"), name="throughput").fit()

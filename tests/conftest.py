@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own local clusters; see stack notes section 4
+# Our own local clusters: Ray 2.59+ turns token auth on for new ones unless told not to (read at import).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
+import ray
 import torch
 
 from alphasweep.synthetic import problems, write_task_files
@@ -46,8 +48,6 @@ def addition_model(kit_dir) -> Path:
 @pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray instance (with the dashboard, which Train-in-Tune needs) for the session."""
-    import ray
-
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
                  resources={"TRAIN_DRIVER": 8})

@@ -29,8 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
+import psutil
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from ray.job_submission import JobSubmissionClient
+from ray.util.state import list_actors, list_nodes
 
 from local_services import free_port, mlflow_server as mlflow_server_at, postgres, wait_http
 
@@ -68,7 +74,7 @@ class Postgres:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 
     def query(self, database: str, sql: str, *params) -> list[tuple]:
-        import psycopg2
+        import psycopg2  # noqa: PLC0415 - optional (dev extra): the fixture that starts PostgreSQL skips without it
 
         conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=database)
         try:
@@ -108,8 +114,6 @@ def _kill_tree(leaders: list[int], marker: str | None, since: float) -> None:
     """SIGKILL the process groups of `leaders`, every process whose command line names `marker`, and all
     their descendants (Ray workers run in their own process groups, under the raylet). Only processes created
     after `since` (a reused process group id is not ours), never this process or its parents."""
-    import psutil
-
     me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     for _ in range(5):
         found: dict[int, psutil.Process] = {}
@@ -140,8 +144,6 @@ def _kill_tree(leaders: list[int], marker: str | None, since: float) -> None:
 
 
 def _running(p) -> bool:
-    import psutil
-
     try:
         return p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -197,8 +199,6 @@ class RayCluster:
         self._start(name, ["--address", f"127.0.0.1:{self.gcs_port}"])
 
     def nodes(self) -> list:
-        from ray.util.state import list_nodes
-
         return list_nodes(address=self.address, detail=True)
 
     def wait_nodes(self, n: int, timeout: float = 60) -> list:
@@ -307,12 +307,6 @@ def test_submit_unreachable_cluster_exits_1_with_one_line(tmp_path, tiny_model, 
 
 def test_submitted_sweep_runs_on_both_nodes_and_records_to_postgres(sweep_job, ray_cluster, postgres_server,
                                                                     mlflow_pg_server):
-    import optuna
-    from mlflow.tracking import MlflowClient
-    from optuna.trial import TrialState
-    from ray.job_submission import JobSubmissionClient
-    from ray.util.state import list_actors
-
     proc = sweep_job["proc"]
     print(f"submit --follow took {sweep_job['seconds']:.0f} s")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import pytest
 from transformers import AutoTokenizer
 
 from alphasweep.config import DataSpec
-from alphasweep.data import DataError, collate, load_rows, load_sft_data, pack, tokenize_rows
+from alphasweep.data import DataError, collate, load_sft_data, load_sft_rows, pack, tokenize_rows
+from alphasweep.rows import load_rows, looks_local
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +26,11 @@ def _write(path, rows):
 def test_prompt_completion_targets_are_the_completion_and_eos(tok, tmp_path):
     spec = DataSpec(path=str(_write(tmp_path / "d.jsonl", [{"q": "12+34=", "a": "46"}])),
                     prompt_field="q", completion_field="a")
-    (ex,), stats = tokenize_rows(load_rows(spec), tok, spec, 64, "d.jsonl")
-    targets = [t for t, m in zip(ex.input_ids, ex.loss_mask) if m]
+    (ex,), stats = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "d.jsonl")
+    targets = [t for t, m in zip(ex.input_ids, ex.loss_mask, strict=True) if m]
     assert tok.decode(targets) == "46" + tok.eos_token
-    assert tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if not m], skip_special_tokens=True) == "12+34="
+    prompt = [t for t, m in zip(ex.input_ids, ex.loss_mask, strict=True) if not m]
+    assert tok.decode(prompt, skip_special_tokens=True) == "12+34="
     assert stats == {"rows": 1, "skipped": 0, "truncated": 0}
     batch = collate([ex], tok.pad_token_id)  # labels align with logits: position t predicts token t+1
     predicted = batch["labels"][0][batch["loss_mask"][0]].tolist()
@@ -38,15 +41,13 @@ def test_messages_train_on_every_assistant_turn_only(tok, tmp_path):
     conv = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"},
             {"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
     spec = DataSpec(path=str(_write(tmp_path / "c.jsonl", [{"messages": conv}])), format="messages")
-    (ex,), _ = tokenize_rows(load_rows(spec), tok, spec, 64, "c.jsonl")
-    targets = tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if m])
+    (ex,), _ = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "c.jsonl")
+    targets = tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask, strict=True) if m])
     assert targets == f"2{tok.eos_token}4{tok.eos_token}"
     assert tok.decode(ex.input_ids) == tok.apply_chat_template(conv, tokenize=False)
 
 
 def test_truncation_is_counted_and_parquet_loads(tok, tmp_path):
-    import datasets
-
     rows = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "9" * 40 + "+1=", "completion": "1" * 40}]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
     spec = DataSpec(path=str(tmp_path / "d.parquet"), heldout=0)
@@ -63,18 +64,39 @@ def test_truncation_is_counted_and_parquet_loads(tok, tmp_path):
 def test_bad_rows_name_file_row_and_field_or_are_skipped(tok, tmp_path, row, field):
     path = _write(tmp_path / "bad.jsonl", [{"prompt": "1+1=", "completion": "2"}, row])
     with pytest.raises(DataError, match=rf"bad.jsonl: row 1: {field}"):
-        tokenize_rows(load_rows(DataSpec(path=str(path))), tok, DataSpec(path=str(path)), 64, str(path))
+        tokenize_rows(load_sft_rows(DataSpec(path=str(path))), tok, DataSpec(path=str(path)), 64, str(path))
     spec = DataSpec(path=str(path), skip_bad_rows=True)
-    examples, stats = tokenize_rows(load_rows(spec), tok, spec, 64, str(path))
+    examples, stats = tokenize_rows(load_sft_rows(spec), tok, spec, 64, str(path))
     assert len(examples) == 1 and stats["skipped"] == 1
 
 
 def test_missing_file_and_packing(tok, tmp_path):
-    with pytest.raises(DataError, match="data file not found"):
-        load_rows(DataSpec(path=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        load_sft_rows(DataSpec(path=str(tmp_path / "nope.jsonl")))
     spec = DataSpec(path=str(_write(tmp_path / "d.jsonl", [{"prompt": f"{i}+1=", "completion": str(i + 1)}
                                                            for i in range(20)])))
-    examples, _ = tokenize_rows(load_rows(spec), tok, spec, 64, "d.jsonl")
+    examples, _ = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "d.jsonl")
     packed = pack(examples, 24)
     assert len(packed) < len(examples) and all(len(p.input_ids) <= 24 for p in packed)
     assert sum(sum(p.loss_mask) for p in packed) == sum(sum(e.loss_mask) for e in examples)
+
+
+def test_rows_from_files_folders_wrapped_json_and_home_paths(tmp_path, monkeypatch):
+    """One reader for SFT data and benchmarks: `~` is expanded everywhere, a folder gives its split's file,
+    a JSON object holding one list of rows gives the rows, and an unreadable file names itself."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rows = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "2+2=", "completion": "4"}]
+    (tmp_path / "folder").mkdir()
+    _write(tmp_path / "folder" / "test.jsonl", rows)
+    (tmp_path / "wrapped.json").write_text(json.dumps({"version": 1, "data": rows}))
+    assert load_rows("~/folder", split="test") == rows
+    assert load_rows("~/wrapped.json") == rows
+    assert all(map(looks_local, ["~/x.jsonl", "./x", "/x", "x.parquet", "runs/demo/checkpoint"]))
+    assert not any(map(looks_local, ["gsm8k", "openai/gsm8k", "Qwen/Qwen2.5-Math-1.5B"]))
+    with pytest.raises(FileNotFoundError, match="benchmark file not found: ~/nope.jsonl"):
+        load_rows("~/nope.jsonl", what="benchmark")
+    with pytest.raises(FileNotFoundError, match="holds no train.jsonl"):
+        load_rows("~/folder")
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "1+1="}\n{"prompt": \n')
+    with pytest.raises(DataError, match=r"cannot load data ~/broken.jsonl: .*JSON"):
+        load_rows("~/broken.jsonl")

@@ -6,23 +6,30 @@ GPU checks (vLLM against hf, GPU memory across checkpoints) are marked `gpu` and
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import shutil
+import signal
+import threading
+import time
 import weakref
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray is imported: it reads the mode at import
 
+import psutil
 import pytest
+import ray
+import torch
+from ray.exceptions import RayActorError
+from transformers import AutoTokenizer
 
 from alphasweep.config import BenchmarkSpec, EvalConfig
 from alphasweep.evaluation.actor import Evaluator, evaluate_with_timeout, get_evaluator
 from alphasweep.evaluation.backends import encode_prompt, resolve_checkpoint
 from alphasweep.evaluation.benchmarks import benchmark_from_string, load_benchmark
 from alphasweep.evaluation.runner import format_table, run_eval
-from alphasweep.synthetic import problems
-from alphasweep.tinykit import build_base
 
 CFG = dict(backend="hf", max_new_tokens=5, batch_size=32)
 
@@ -31,8 +38,6 @@ CFG = dict(backend="hf", max_new_tokens=5, batch_size=32)
 def one_torch_thread():
     """Tiny models are overhead-bound: one thread is as fast, and far faster when the CPUs are shared
     (several torch threads per process on 2 busy cores slowed training here ~15x)."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -41,8 +46,6 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def ray_mod():
-    import ray
-
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -52,13 +55,9 @@ def ray_mod():
 
 
 @pytest.fixture(scope="module")
-def finetuned_model(kit_dir) -> Path:
-    """The tiny base trained on addition (test problems held out) long enough to solve most of them.
-
-    conftest's `addition_model` (300 steps) gets ~6% of the held-out problems right; 600 steps give ~70%.
-    """
-    held_out = [p for p, _ in problems("addition", 64, seed=10_000)]  # = the test.jsonl rows
-    return build_base(kit_dir, pretrain_tasks={"addition": 3000}, exclude={"addition": held_out}, steps=600)
+def finetuned_model(addition_model) -> Path:
+    """conftest's base pretrained on addition, its test problems held out: it solves most of them."""
+    return addition_model
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def test_finetuned_model_beats_untrained_twin_through_the_actor(ray_mod, finetun
     assert set(rec) >= {"benchmark", "prompt", "completion", "extracted", "gold", "correct"}
     assert rec["prompt"].endswith("=") and "<|user|>" not in rec["prompt"]  # exact: the raw prompt
     assert sum(r["correct"] for r in trained["records"]) == round(trained["scores"]["addition"] * 64)
-    info = ray_mod.get(actor.__ray_call__.remote(lambda self: self.info()))
+    info = ray_mod.get(actor.info.remote())
     assert info["checkpoint"] == str(tiny_model.resolve()) and info["backend"] == "hf"
     ray_mod.kill(actor, no_restart=True)
 
@@ -114,8 +113,6 @@ def test_model_is_loaded_once_per_checkpoint_and_freed_on_change(finetuned_model
 
 
 def test_host_memory_stays_flat_over_checkpoints(tmp_path, finetuned_model, addition_bench):
-    import psutil
-
     checkpoints = [shutil.copytree(finetuned_model, tmp_path / f"ckpt{i}") for i in range(5)]
     ev = Evaluator(CFG, log=None)
     rss = []
@@ -133,15 +130,9 @@ def test_host_memory_stays_flat_over_checkpoints(tmp_path, finetuned_model, addi
 
 
 def test_actor_survives_crashes(ray_mod, tmp_path, finetuned_model, tiny_model, addition_bench):
-    import signal
-    import threading
-    import time
-
-    from ray.exceptions import RayActorError
-
     actor = _named(ray_mod, "test-eval-crash", max_restarts=3)
     assert "error" not in evaluate_with_timeout(actor, str(tiny_model), [addition_bench], 300)
-    pid = ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    pid = ray_mod.get(actor.info.remote())["pid"]
     # 1. The actor process dies while a request is in flight: that request gets an error result.
     # The benchmark is a named pipe, so the test knows when `evaluate` is running: it is reading it.
     fifo = tmp_path / "pipe.jsonl"
@@ -165,9 +156,9 @@ def test_actor_survives_crashes(ray_mod, tmp_path, finetuned_model, tiny_model, 
     # Ray restarts it; the next request waits for the restart and works, in a new process.
     result = evaluate_with_timeout(actor, str(finetuned_model), [addition_bench], 300)
     assert "error" not in result, result
-    new_pid = ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    new_pid = ray_mod.get(actor.info.remote())["pid"]
     assert new_pid != pid
-    # 2. A crash between requests (injected with __ray_call__): the next request works too.
+    # 2. A crash between requests (the process exits, injected with Ray's `__ray_call__`): the next request works.
     with pytest.raises(RayActorError):
         ray_mod.get(actor.__ray_call__.remote(lambda self: os._exit(1)))
     result = evaluate_with_timeout(actor, str(finetuned_model), [addition_bench], 300)
@@ -203,12 +194,12 @@ def test_user_errors_are_clear(ray_mod, tmp_path, tiny_model, addition_bench):
         ev.evaluate(str(tiny_model), [{"name": "x", "path": str(tmp_path / "x.jsonl"), "format": "exact"}])
     # Through the actor: an error result, and the actor lives on.
     actor = _named(ray_mod, "test-eval-errors")
-    pid = ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    pid = ray_mod.get(actor.info.remote())["pid"]
     result = evaluate_with_timeout(actor, str(tmp_path / "no-such-ckpt"), [addition_bench], 120)
     assert result["error"].startswith("FileNotFoundError: checkpoint not found"), result
     result = evaluate_with_timeout(actor, str(tiny_model), [{"name": "nope"}], 120)
     assert result["error"].startswith("ValueError: unknown benchmark"), result
-    assert ray_mod.get(actor.__ray_call__.remote(lambda self: os.getpid())) == pid
+    assert ray_mod.get(actor.info.remote())["pid"] == pid
     ray_mod.kill(actor, no_restart=True)
 
 
@@ -216,8 +207,6 @@ def test_user_errors_are_clear(ray_mod, tmp_path, tiny_model, addition_bench):
 
 
 def test_prompt_rule(tiny_model, tmp_path):
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tiny_model)
     math_file = tmp_path / "m.jsonl"
     math_file.write_text(json.dumps({"problem": "What is 2+3?", "answer": "5"}) + "\n")
@@ -305,8 +294,6 @@ class LLM:
 
 
 def _gone(pid: int) -> bool:
-    import psutil
-
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -342,8 +329,6 @@ def test_vllm_backend_runs_the_engine_in_a_child_process(tmp_path, monkeypatch, 
 
 @pytest.mark.gpu
 def test_hf_on_gpu_scores_and_frees_memory(tmp_path, finetuned_model, addition_bench):
-    import torch
-
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     torch.cuda.init()
@@ -365,10 +350,6 @@ def test_hf_on_gpu_scores_and_frees_memory(tmp_path, finetuned_model, addition_b
 
 
 def _needs_vllm():
-    import importlib.util
-
-    import torch
-
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     if importlib.util.find_spec("vllm") is None:
@@ -394,7 +375,6 @@ def test_vllm_matches_hf_greedy(finetuned_model, addition_bench):
 @pytest.mark.gpu
 def test_vllm_gpu_memory_returns_between_checkpoints(tmp_path, finetuned_model, addition_bench):
     _needs_vllm()
-    import torch
 
     torch.cuda.init()
     free_before, total = torch.cuda.mem_get_info()

@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -26,7 +27,10 @@ from typing import Any
 
 import pytest
 import yaml
+from mlflow.server.security_utils import is_allowed_host_header
+from packaging.requirements import Requirement
 
+from alphasweep.config import parse_config
 from local_services import mlflow_server as mlflow_server_at, postgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,18 +391,19 @@ def test_every_container_has_requests_limits_and_a_locked_down_security_context(
 
 
 def test_nothing_is_privileged_or_uses_the_host():
+    def walk(node, path: str, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                assert not (k == "privileged" and v is True), f"{where} {path}.{k}"
+                assert not (k in ("hostNetwork", "hostPID", "hostIPC") and v is True), f"{where} {path}.{k}"
+                assert k != "hostPath", f"{where} {path}: hostPath volume"
+                walk(v, f"{path}.{k}", where)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]", where)
+
     for doc in rendered():
-        def walk(node, path):
-            if isinstance(node, dict):
-                for k, v in node.items():
-                    assert not (k == "privileged" and v is True), f"{doc_id(doc)} {path}.{k}"
-                    assert not (k in ("hostNetwork", "hostPID", "hostIPC") and v is True), f"{doc_id(doc)} {path}.{k}"
-                    assert k != "hostPath", f"{doc_id(doc)} {path}: hostPath volume"
-                    walk(v, f"{path}.{k}")
-            elif isinstance(node, list):
-                for i, v in enumerate(node):
-                    walk(v, f"{path}[{i}]")
-        walk(doc, "")
+        walk(doc, "", doc_id(doc))
 
 
 def test_nothing_is_exposed_outside_the_cluster():
@@ -497,8 +502,6 @@ def test_mlflow_server_flags_and_in_cluster_names_agree():
     svc = one("Service", "mlflow")
     assert svc["spec"]["ports"][0]["port"] == 5000
     # Every Ray pod reaches the server under a name the allowlist accepts (MLflow's own matcher).
-    from mlflow.server.security_utils import is_allowed_host_header
-
     for where, rc, _ in containers():
         uri = env_of(rc).get("MLFLOW_TRACKING_URI", {}).get("value")
         if uri:
@@ -599,10 +602,6 @@ def test_sweep_config_in_the_configmap_is_valid_and_fits_the_cluster():
     t = cfg["train"]
     needed = cfg["budget"]["max_concurrent"] * t["workers"] * t["gpus_per_worker"] + cfg["eval"].get("num_gpus", 0)
     assert needed <= gpus, f"{needed} GPUs needed at full concurrency, the worker group has {gpus}"
-    try:
-        from alphasweep.config import parse_config
-    except ImportError as e:
-        pytest.skip(f"alphasweep.config cannot be imported yet ({e}); the keys were checked")
     parsed = parse_config(copy.deepcopy(cfg), "k8s/sweep-config.yaml")
     assert parsed.name == "cluster-demo"
 
@@ -701,7 +700,8 @@ def test_postgres_init_script_creates_the_databases_the_secrets_describe():
 def _dockerfile(name: str) -> tuple[list[str], list[str], str]:
     """(FROM images, USER values, RUN text with ARG defaults substituted) of docker/NAME."""
     text = (DOCKER / name).read_text()
-    logical = re.sub(r"\\\n", " ", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")))
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    logical = re.sub(r"\\\n", " ", code)
     args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", logical, re.M))
 
     def subst(s: str) -> str:
@@ -714,8 +714,6 @@ def _dockerfile(name: str) -> tuple[list[str], list[str], str]:
 
 
 def _pyproject() -> dict:
-    import tomllib
-
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -747,8 +745,6 @@ def test_ray_version_is_the_same_in_images_cluster_and_project():
     assert re.fullmatch(pin.replace(".", r"\.").replace("*", r"\d+"), ray_version), (pin, ray_version)
     mlflow_base = _dockerfile("Dockerfile.mlflow")[0][0]
     mlflow_dep = next(d for d in _pyproject()["project"]["dependencies"] if d.startswith("mlflow"))
-    from packaging.requirements import Requirement
-
     assert Requirement(mlflow_dep).specifier.contains(mlflow_base.split(":v")[1]), (mlflow_dep, mlflow_base)
 
 
@@ -759,23 +755,21 @@ def test_cpu_image_pins_the_cpu_torch_build():
 
 
 def test_gpu_image_installs_the_vllm_extra_with_the_torch_it_pins():
-    from packaging.requirements import Requirement
-
     _, _, runs = _dockerfile("Dockerfile.gpu")
     assert 'pip install ".[vllm]"' in runs
     vllm = re.search(r"\"vllm==([\d.]+)\"", runs)[1]
     torch = re.search(r"\"torch==([\d.]+)\"", runs)[1]
-    assert (vllm, torch) == ("0.33.0", "2.14.0"), "vLLM 0.33 pins torch 2.14.0 (stack notes section 0)"
+    assert (vllm, torch) == ("0.33.0", "2.14.0"), "vLLM 0.33 pins torch 2.14.0 (its package metadata)"
     extra = next(Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["vllm"]
                  if r.startswith("vllm"))
     assert extra.specifier.contains(vllm)
 
 
 def test_dockerignore_is_an_allowlist():
-    lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
-             if l.strip() and not l.lstrip().startswith("#")]
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
     assert lines[0] == "*", "exclude everything, then re-include what the image needs"
-    included = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
+    included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert {"alphasweep", "pyproject.toml", "README.md"} <= included
     assert not included & {".venv", ".git", "k8s", "runs", "tests"}
 

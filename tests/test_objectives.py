@@ -6,15 +6,18 @@ import pytest
 import torch
 
 from alphasweep.objectives import (
+    ALPHA_RANGE,
+    CUT_RANGE,
     FAMILIES,
+    SPECS,
     Objective,
     objective_from_params,
     objective_loss,
     objective_loss_with_stats,
     parse_objective,
-    plot_weights,
     target_log_prob,
 )
+from alphasweep.plots import plot_weights
 
 VOCAB = 8
 ONE_OF_EACH = [
@@ -232,6 +235,30 @@ def test_weight_accepts_floats_and_tensors():
     assert parse_objective("OnlyTopP-0.5").weight(0.5) == 0.5  # Top keeps p >= q,
     assert parse_objective("OnlyBottomP-0.5").weight(0.5) == 0.0  # Bottom keeps p < q.
     assert parse_objective("TopQuantileP-0.5").weight(0.3) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("name", "param", "axis"),
+    [("original", None, 0.0), ("p", None, 1.0), ("dft", None, 1.0), ("GeneralFamily--0.5", "alpha", -0.5),
+     ("GeneralFamily-4", "alpha", 4.0), ("OnlyTopP-0.2", "threshold", 1.0), ("OnlyBottomP-0.2", "threshold", 1.0),
+     ("OnlyTopLogP-0.2", "threshold", 0.0), ("OnlyBottomLogP-0.2", "threshold", 0.0),
+     ("TopQuantileP-0.2", "quantile", 1.0), ("BottomQuantileP-0.2", "quantile", 1.0),
+     ("TopQuantileLogP-0.2", "quantile", 0.0), ("BottomQuantileLogP-0.2", "quantile", 0.0)],
+)  # fmt: skip
+def test_registry_says_each_familys_parameter_range_and_place_on_the_alpha_axis(name, param, axis):
+    objective = parse_objective(name)
+    spec = SPECS[objective.family]
+    assert spec.param == param and objective.effective_alpha == axis
+    assert spec.range == {None: None, "alpha": ALPHA_RANGE}.get(param, CUT_RANGE)
+    kept = 0.1 if "Bottom" in name else 0.9  # a token any cut of 0.2 keeps: W(p) = p^(its place on the axis)
+    assert objective.weight(kept) == pytest.approx(kept**axis)
+    assert set(SPECS) == set(FAMILIES)
+
+
+def test_ranges_contain_their_ends_as_documented():
+    assert -1.0 in ALPHA_RANGE and 16.0 in ALPHA_RANGE and 16.5 not in ALPHA_RANGE
+    assert 0.0 not in CUT_RANGE and 1.0 not in CUT_RANGE and 0.5 in CUT_RANGE
+    assert (str(ALPHA_RANGE), str(CUT_RANGE)) == ("[-1, 16]", "(0, 1)")
 
 
 def test_plot_weights_writes_png(tmp_path):

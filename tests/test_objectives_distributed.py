@@ -62,7 +62,7 @@ def _worker(rank, rendezvous, strategy):
         for got, want in zip(model.parameters(), reference.parameters(), strict=True):
             assert want.grad.abs().max() > 1e-3, name
             grad = got.grad.full_tensor() if isinstance(got.grad, DTensor) else got.grad
-            torch.testing.assert_close(grad, want.grad, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(grad, want.grad, atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
     dist.barrier()  # neither rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
 

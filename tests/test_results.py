@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 from alphasweep.config import SearchSpec, SweepConfig
 from alphasweep.orchestrator.repeats import RepeatSearch, missing_confirmations, missing_seeds, pending
 from alphasweep.orchestrator.results import load_study, pair_summary, repeats_study_name
-from alphasweep.orchestrator.space import SearchSpace, objective_of, point_of
-from alphasweep.orchestrator.sweep import PairSearch, fail_stale_trials
+from alphasweep.orchestrator.space import PairSearch, SearchSpace, objective_of, point_of
+from alphasweep.orchestrator.sweep import fail_stale_trials
 from alphasweep.stats import Outcomes
 
 ACCURACY = {"original": 0.45, "p": 0.70, "GeneralFamily-4": 0.72}  # what each objective scores, give or take

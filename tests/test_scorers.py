@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -133,8 +134,6 @@ def test_math_correct(completion, gold, ok):
 
 def test_math_correct_off_the_main_thread():
     """math-verify's signal timeouts only work in the main thread; elsewhere they are switched off."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(math_correct, "\\boxed{\\frac{2}{4}}", "1/2").result() is True
         assert pool.submit(math_correct, "\\boxed{3}", "1/2").result() is False

@@ -6,17 +6,18 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from alphasweep import compat
 from alphasweep.config import ConfigError, SearchSpec
-from alphasweep.orchestrator.space import SearchSpace, objective_of, point_of
 from alphasweep.orchestrator.results import pair_summary
-from alphasweep.orchestrator.sweep import PairSearch, fail_stale_trials
+from alphasweep.orchestrator.space import PairSearch, SearchSpace, objective_of, point_of
+from alphasweep.orchestrator.sweep import fail_stale_trials
 
 
 def test_space_draws_alpha_only_for_general_and_a_cut_only_for_thresholds():
-    search = SearchSpec(families=["nll", "p", "general", "top_logp", "bottom_quantile_p"],
+    search = SearchSpec(families=["nll", "p", "dft", "general", "top_logp", "bottom_quantile_p"],
                         alpha={"low": -1, "high": 16}, threshold={"low": 0.1, "high": 0.9})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda t: SearchSpace(search)(t) or 0.0, n_trials=80)
+    study.optimize(lambda t: SearchSpace(search)(t) or 0.0, n_trials=100)
     seen = set()
     for t in study.trials:
         family = t.params["family"]
@@ -113,7 +114,7 @@ def test_a_sampler_stuck_on_a_run_objective_falls_back_to_random_draws(tmp_path)
     searcher.on_trial_complete("t0", {"score": 0.9})
     config = searcher.suggest("t1")
     assert objective_of(config).family == "general"
-    assert searcher._ot_study.sampler is stuck
+    assert compat.searcher_study(searcher).sampler is stuck
     study = optuna.load_study(study_name="m/d", storage=storage)
     assert sum("skipped" in t.user_attrs for t in study.trials) >= 5
 

@@ -90,7 +90,8 @@ def test_paired_bootstrap_sees_a_gap_that_unpaired_intervals_miss():
 def test_outcomes_from_evaluator_records_score_like_the_evaluator():
     records = [{"benchmark": "big", "index": i, "sample": s, "correct": (i + s) % 3 == 0}
                for i in range(30) for s in range(2)]
-    records += [{"benchmark": "small", "index": 7 + i, "sample": s, "correct": i < 4} for i in range(10) for s in range(2)]
+    records += [{"benchmark": "small", "index": 7 + i, "sample": s, "correct": i < 4}
+                for i in range(10) for s in range(2)]
     o = Outcomes.from_records(records, k=2)
     assert o.n == 40 and len(o.correct["small"]) == 10 and o.correct["small"][:5] == [2, 2, 2, 2, 0]
     big = sum((i + s) % 3 == 0 for i in range(30) for s in range(2)) / 60

@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from alphasweep.synthetic import write_task_files
-
 from local_services import mlflow_server as mlflow_server_at
 
 
@@ -180,9 +179,10 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
         time.sleep(1)
         try:
             trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials()
-        except Exception:  # the study does not exist yet
+        except Exception:  # noqa: BLE001 - the study, or its database, is still being created
             continue
-        if sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and any(t.state == TrialState.RUNNING for t in trials):
+        states = [t.state for t in trials]
+        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
             break
     assert driver.poll() is None, "the sweep ended before the test could interrupt it"
     driver.kill()
@@ -233,7 +233,7 @@ def test_seeds_and_a_confirmation_stage_survive_a_kill_resume_and_extend(ray_loc
         try:
             if ("confirm", 2) in repeats(TrialState.RUNNING):
                 break
-        except Exception:  # no storage or no repeats study yet
+        except Exception:  # noqa: BLE001 - the database, or the repeats study, is still being created
             continue
     assert driver.poll() is None, "the sweep ended before the test could interrupt it"
     driver.kill()

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from alphasweep.config import BenchmarkSpec, EvalConfig
 from alphasweep.evaluation.backends import make_backend, resolve_backend, resolve_checkpoint
 from alphasweep.evaluation.benchmarks import Benchmark, load_benchmark, resolve_spec
@@ -77,10 +79,12 @@ class Evaluator:
         """The checkpoint currently in memory."""
         return self.backend.path
 
+    def ping(self) -> bool:
+        """True: an actor that answers is up (a fresh or restarted one takes a while to start)."""
+        return True
+
     def info(self) -> dict[str, Any]:
         """Process id, backend, loaded checkpoint and resident memory (for health checks and tests)."""
-        import psutil
-
         return {"pid": os.getpid(), "backend": self.backend.name, "checkpoint": self.backend.path,
                 "rss": psutil.Process().memory_info().rss}
 
@@ -151,6 +155,8 @@ class Evaluator:
 
 
 # ---------------------------------------------------------------- Ray
+# Ray is imported by the functions below that use it: `alphasweep eval` and a training worker's benchmark
+# signal use `Evaluator` in their own process, without Ray.
 
 
 def _actor_gpus(cfg: EvalConfig) -> float:
@@ -185,10 +191,6 @@ def get_evaluator(eval_cfg: EvalConfig | dict | None = None, name: str = "alphas
     ).remote(cfg)
 
 
-def _ping(self) -> bool:  # runs inside the actor through __ray_call__
-    return True
-
-
 def evaluate_with_timeout(actor, checkpoint: str, benchmarks: list[BenchmarkSpec | dict | str],
                           timeout_s: float, *, limit: int | None = None) -> dict[str, Any]:
     """`actor.evaluate(...)` with a deadline. Returns its result, or `{"error": message}` when the actor
@@ -221,7 +223,7 @@ def evaluate_with_timeout(actor, checkpoint: str, benchmarks: list[BenchmarkSpec
 
     while True:  # wait until the actor answers (a fresh or restarting actor takes a while)
         try:
-            ray.get(actor.__ray_call__.remote(_ping), timeout=remaining())
+            ray.get(actor.ping.remote(), timeout=remaining())
             break
         except GetTimeoutError:
             return timed_out()

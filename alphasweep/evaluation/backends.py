@@ -15,6 +15,8 @@ graphs), which a sweep pays once per trial anyway, since every trial has a new c
 from __future__ import annotations
 
 import abc
+import copy
+import ctypes
 import gc
 import importlib.util
 import multiprocessing
@@ -25,7 +27,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM
+
 from alphasweep.config import EvalConfig
+from alphasweep.rows import looks_local
+from alphasweep.tokenizer import load_tokenizer
 
 __all__ = [
     "GenerationBackend",
@@ -49,8 +56,7 @@ def resolve_checkpoint(path: str) -> str:
         if not local.is_dir() or not (local / "config.json").is_file():
             raise FileNotFoundError(f"checkpoint {path} is not a model directory (no config.json in it)")
         return str(local.resolve())
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
-    if looks_local or not _HUB_ID.fullmatch(path):
+    if looks_local(path) or not _HUB_ID.fullmatch(path):
         raise FileNotFoundError(f"checkpoint not found: {path} (no such directory, and not a hub id like org/name)")
     return path
 
@@ -66,8 +72,6 @@ def resolve_backend(name: str) -> str:
         raise ValueError(f"unknown eval backend {name!r}; expected auto, vllm or hf")
     if importlib.util.find_spec("vllm") is None:
         return "hf"
-    import torch
-
     return "vllm" if torch.cuda.is_available() else "hf"
 
 
@@ -83,21 +87,9 @@ def release_host_memory() -> None:
     """Collect garbage and give freed heap pages back to the OS (glibc keeps them otherwise)."""
     gc.collect()
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 class GenerationBackend(abc.ABC):
@@ -134,12 +126,9 @@ class HFBackend(GenerationBackend):
         if path == self.path and self.model is not None:
             return
         self.close()
-        import torch
-        from transformers import AutoModelForCausalLM
-
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
-        self.tokenizer = _load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32)
         self.model = model.to(self.device).eval()
         self.path = path
@@ -154,14 +143,10 @@ class HFBackend(GenerationBackend):
             return
         self.model = self.tokenizer = self.path = None
         release_host_memory()
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def _generation_config(self, n: int):
-        import copy
-
         cfg = self.cfg
         gen = copy.deepcopy(self.model.generation_config)
         sampled = cfg.temperature > 0
@@ -177,8 +162,6 @@ class HFBackend(GenerationBackend):
     def generate(self, prompts: list[str], n: int = 1) -> list[list[str]]:
         if self.model is None:
             raise RuntimeError("no checkpoint loaded")
-        import torch
-
         tok, cfg = self.tokenizer, self.cfg
         encoded = [encode_prompt(tok, p) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
@@ -215,13 +198,11 @@ class HFBackend(GenerationBackend):
 def _vllm_server(conn, path: str, engine_kwargs: dict[str, Any]) -> None:  # runs in the child process
     os.setpgrp()  # its own process group, so the parent can kill the engine's processes with it
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the evaluator
     except (OSError, AttributeError):
         pass
     try:
-        from vllm import LLM, SamplingParams
+        from vllm import LLM, SamplingParams  # optional (the `vllm` extra, GPU nodes); only this child needs it
 
         llm = LLM(model=path, **engine_kwargs)
         tokenizer = llm.get_tokenizer()
@@ -306,7 +287,7 @@ class VLLMBackend(GenerationBackend):
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
-        self.tokenizer = _load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, padding_side="left")
         self._recv("start", self.cfg.timeout_s)
         self.path = path
 

@@ -24,14 +24,14 @@ must be the raw text too. Without a chat template, math/choice messages are rend
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alphasweep.config import BenchmarkSpec
+from alphasweep.evaluation.scorers import OPTION_LETTERS, normalize_math_gold
+from alphasweep.rows import load_rows, looks_local
 
 __all__ = [
     "BUILTIN_BENCHMARKS",
@@ -43,14 +43,12 @@ __all__ = [
     "benchmark_from_string",
     "known_benchmarks",
     "load_benchmark",
-    "load_rows",
     "render_prompt",
     "resolve_spec",
 ]
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option."
-_LETTERS = "ABCDEFGHIJ"
 
 
 # ---------------------------------------------------------------- formats
@@ -61,13 +59,6 @@ def _gold_after_hashes(value: Any) -> str:
     return text.rsplit("####", 1)[1].strip().replace(",", "") if "####" in text else text.strip()
 
 
-def _gold_number(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = str(value).strip()
-    return text.split(".")[0] if re.fullmatch(r"-?\d+\.0+", text) else text
-
-
 def _gold_text(value: Any) -> str:
     return str(value).strip()
 
@@ -75,12 +66,12 @@ def _gold_text(value: Any) -> str:
 def _options(row: dict) -> list[tuple[str, str]]:
     """(letter, text) pairs from `options` / `choices`: a list (lettered A, B, ...) or a dict of letters."""
     raw = row.get("options", row.get("choices"))
-    if isinstance(raw, dict):
-        return [(str(k).strip().upper(), str(v)) for k, v in sorted(raw.items())]
+    if isinstance(raw, dict):  # letters another row has but this one lacks are None (a table has one schema)
+        return [(str(k).strip().upper(), str(v)) for k, v in sorted(raw.items()) if v is not None]
     if isinstance(raw, (list, tuple)):
-        if len(raw) > len(_LETTERS):
-            raise ValueError(f"{len(raw)} options; at most {len(_LETTERS)} are supported")
-        return [(_LETTERS[i], str(v)) for i, v in enumerate(raw)]
+        if len(raw) > len(OPTION_LETTERS):
+            raise ValueError(f"{len(raw)} options; at most {len(OPTION_LETTERS)} are supported")
+        return [(OPTION_LETTERS[i], str(v)) for i, v in enumerate(raw)]
     raise ValueError("field 'options': expected a list or a dict of lettered options")
 
 
@@ -101,10 +92,10 @@ def _choice_gold(value: Any, row: dict) -> str:
     """A letter: the answer field is a letter ('C', '(C)') or the text of one of the options."""
     text = str(value).strip()
     bare = text.strip("()").strip().rstrip(".")
-    if len(bare) == 1 and bare.upper() in _LETTERS:
+    if len(bare) == 1 and bare.upper() in OPTION_LETTERS:
         return bare.upper()
     if isinstance(value, int) and not isinstance(value, bool):
-        return _LETTERS[value]
+        return OPTION_LETTERS[value]
     for letter, option in _options(row):
         if option.strip() == text:
             return letter
@@ -128,7 +119,7 @@ FORMATS: dict[str, Format] = {
     "gsm8k": Format("gsm8k", ("question",), "answer", "math", _math_message,
                     lambda v, r: _gold_after_hashes(v), True),
     "math": Format("math", ("problem", "question"), "answer", "math", _math_message,
-                   lambda v, r: _gold_number(v), True),
+                   lambda v, r: normalize_math_gold(v), True),
     "choice": Format("choice", ("question",), "answer", "choice", _choice_message, _choice_gold, True),
     "exact": Format("exact", ("prompt",), "answer", "exact", _exact_message, lambda v, r: _gold_text(v), False),
 }
@@ -191,8 +182,8 @@ def _infer_format(path: Path) -> str | None:
         if name in BUILTIN_BENCHMARKS:
             return BUILTIN_BENCHMARKS[name].format
     try:
-        row = _read_local(path, limit=1)[0]
-    except Exception:  # noqa: BLE001 — the real load reports the problem
+        row = load_rows(str(path), what="benchmark")[0]
+    except (OSError, ValueError, IndexError):  # unreadable or empty: the real load reports the problem
         return None
     if "options" in row or "choices" in row:
         return "choice"
@@ -221,7 +212,7 @@ def benchmark_from_string(text: str) -> BenchmarkSpec:
     if not name:
         raise ValueError(f"benchmark {text!r}: expected NAME, NAME=PATH or PATH")
     p = Path(path).expanduser()
-    if (path.startswith((".", "/", "~")) or p.suffix in _LOCAL_SUFFIXES) and not p.exists():
+    if looks_local(path) and not p.exists():
         raise FileNotFoundError(f"benchmark file not found: {path}")
     fmt = None
     if name not in BUILTIN_BENCHMARKS and p.is_file():
@@ -230,61 +221,6 @@ def benchmark_from_string(text: str) -> BenchmarkSpec:
             raise ValueError(f"benchmark {text!r}: cannot tell its format from the rows; use a config with "
                              f"`format` ({', '.join(FORMATS)})")
     return BenchmarkSpec(name=name, path=path, format=fmt)
-
-
-# ---------------------------------------------------------------- rows
-
-_LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def _read_local(path: Path, limit: int | None = None) -> list[dict]:
-    if path.suffix == ".jsonl":
-        rows = []
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
-                if limit is not None and len(rows) >= limit:
-                    break
-        return rows
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):  # {"data": [...]} or {"split": [...]} style
-            lists = [v for v in data.values() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise ValueError(f"{path}: expected a list of rows (or an object holding one)")
-            data = lists[0]
-        return data[:limit] if limit is not None else data
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()[:limit] if limit is not None else pq.read_table(path).to_pylist()
-    raise ValueError(f"{path}: expected a {', '.join(_LOCAL_SUFFIXES)} file")
-
-
-def load_rows(path: str, *, split: str = "test", subset: str | None = None) -> list[dict]:
-    """Rows from a local file (or a folder holding `<split>.jsonl|json|parquet`), else a hub dataset id."""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        for suffix in _LOCAL_SUFFIXES:
-            if (local / f"{split}{suffix}").is_file():
-                return _read_local(local / f"{split}{suffix}")
-        raise FileNotFoundError(f"benchmark folder {local} holds no {split}.jsonl, {split}.json or {split}.parquet")
-    if local.suffix in _LOCAL_SUFFIXES or path.startswith((".", "/", "~")):
-        if not local.exists() or local.is_dir():  # a file, or a named pipe / process substitution
-            raise FileNotFoundError(f"benchmark file not found: {path}")
-        return _read_local(local)
-    import datasets  # a hub id: the real code path, needs the network or a warm HF cache
-
-    try:
-        return list(datasets.load_dataset(path, subset, split=split))
-    except Exception as e:  # noqa: BLE001 — datasets raises many types; one line for the user
-        raise ValueError(f"cannot load benchmark dataset {path!r} (subset {subset}, split {split}): "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -332,7 +268,7 @@ def load_benchmark(spec: BenchmarkSpec | dict | str, limit: int | None = None) -
         source = builtin.hub
         split = spec.split if "split" in spec.model_fields_set else builtin.split
         subset = spec.subset if "subset" in spec.model_fields_set else builtin.subset
-    rows = load_rows(source, split=split, subset=subset)
+    rows = load_rows(source, split=split, subset=subset, what="benchmark")
     caps = [c for c in (limit, spec.limit) if c is not None]
     if caps:
         rows = rows[: min(caps)]

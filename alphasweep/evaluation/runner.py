@@ -9,6 +9,7 @@ from typing import Any
 
 from alphasweep.config import BenchmarkSpec, EvalConfig
 from alphasweep.evaluation.actor import Evaluator, _stderr
+from alphasweep.table import text_table
 
 __all__ = ["format_table", "run_eval", "write_records"]
 
@@ -54,13 +55,7 @@ def format_table(result: dict[str, Any]) -> str:
     header = ["benchmark", "n", "accuracy"] + ([f"pass@{k}"] if k > 1 else [])
     rows = [[name, str(result["n"][name]), f"{result['scores'][name]:.4f}"]
             + ([f"{result['pass_at_k'][name]:.4f}"] if k > 1 else []) for name in names]
-    rows.append(["mean", str(sum(result["n"].values())), f"{result['mean_score']:.4f}"]
-                + ([f"{sum(result['pass_at_k'].values()) / len(names):.4f}"] if k > 1 else []))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), sep, *map(line, rows[:-1]), sep, line(rows[-1])]) + (
-        f"\n{result.get('backend', '')} backend, {result['seconds']:.1f}s")
+    mean = (["mean", str(sum(result["n"].values())), f"{result['mean_score']:.4f}"]
+            + ([f"{sum(result['pass_at_k'].values()) / len(names):.4f}"] if k > 1 else []))
+    table = text_table(header, rows, right=range(1, len(header)), footer=mean)
+    return table + f"\n{result.get('backend', '')} backend, {result['seconds']:.1f}s"

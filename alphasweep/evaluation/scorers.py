@@ -27,6 +27,8 @@ __all__ = [
     "extract_math",
     "math_correct",
     "normalize_exact",
+    "normalize_math_gold",
+    "OPTION_LETTERS",
 ]
 
 MATH_TIMEOUT_S = 5  # per parse / per comparison, main thread only
@@ -112,8 +114,8 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _normalize_gold_math(gold) -> str:
-    """Gold answers come as strings, ints or floats (`27.0` in AMC files means 27)."""
+def normalize_math_gold(gold) -> str:
+    """A gold answer as text: they come as strings, ints or floats (`27.0` in AMC files means 27)."""
     if isinstance(gold, float) and gold.is_integer():
         return str(int(gold))
     gold = str(gold).strip()
@@ -138,7 +140,7 @@ def _parse_cached(latex: str, timeout: int | None):
 
 
 def _parse(latex: str, timeout: int | None) -> list:
-    from math_verify import parse
+    from math_verify import parse  # sympy (~2 s to import): loaded on the first answer that needs it
 
     try:
         return parse(latex, parsing_timeout=timeout)
@@ -165,12 +167,12 @@ def math_correct(completion: str, answer) -> bool:
         predicted = extract_math(completion)
         if predicted is None:
             return False
-        gold = _normalize_gold_math(answer)
+        gold = normalize_math_gold(answer)
         if not gold:
             return False
         if _plain(predicted) == _plain(gold):
             return True
-        from math_verify import verify
+        from math_verify import verify  # as `parse`: only when the string check cannot decide
 
         timeout = MATH_TIMEOUT_S if _in_main_thread() else None
         gold_parsed = list(_parse_cached(_wrap(gold), timeout))
@@ -184,12 +186,13 @@ def math_correct(completion: str, answer) -> bool:
 
 # ---------------------------------------------------------------- multiple choice
 
-_LETTERS = "ABCDEFGHIJ"
+OPTION_LETTERS = "ABCDEFGHIJ"  # the letters of multiple-choice options, in order
+_LETTER = f"([{OPTION_LETTERS}])"
 _CHOICE_PATTERNS = [
     # "the answer is (C)", "Answer: C", "answer is: C.", "correct option is C"
-    re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*\(?\**\s*([A-J])\b"),
-    re.compile(r"\\boxed\{\s*\(?([A-J])\)?\s*\}"),
-    re.compile(r"\(([A-J])\)"),
+    re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*\(?\**\s*" + _LETTER + r"\b"),
+    re.compile(r"\\boxed\{\s*\(?" + _LETTER + r"\)?\s*\}"),
+    re.compile(r"\(" + _LETTER + r"\)"),
 ]
 
 
@@ -200,10 +203,10 @@ def extract_choice(completion: str) -> str | None:
         return None
     for pattern in _CHOICE_PATTERNS:
         found = pattern.findall(completion)
-        found = [f.upper() for f in found if f.upper() in _LETTERS]
+        found = [f.upper() for f in found if f.upper() in OPTION_LETTERS]
         if found:
             return found[-1]
-    m = re.match(r"\s*\**\(?([A-J])(?:[\).:,]|\s*$)", completion)
+    m = re.match(r"\s*\**\(?" + _LETTER + r"(?:[\).:,]|\s*$)", completion)
     if m:
         return m.group(1)
     return None
@@ -211,7 +214,7 @@ def extract_choice(completion: str) -> str | None:
 
 def _gold_letter(gold) -> str:
     gold = str(gold).strip().strip("()").strip().rstrip(".").upper()
-    return gold[:1] if gold[:1] in _LETTERS and (len(gold) == 1 or not gold[1].isalpha()) else gold
+    return gold[:1] if gold[:1] in OPTION_LETTERS and (len(gold) == 1 or not gold[1].isalpha()) else gold
 
 
 def choice_correct(completion: str, answer) -> bool:

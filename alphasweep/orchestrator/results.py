@@ -201,13 +201,6 @@ def verdict(summary: dict, objectives: int) -> str:
     return f"best: {best}, " + ", ".join(said)
 
 
-def effective_alpha(params: dict) -> float | None:
-    """Where an objective sits on the alpha axis: NLL = 0, p = 1, general = its alpha; else None."""
-    family = params.get("family")
-    return {"nll": 0.0, "p": 1.0}.get(family, params.get("alpha") if family == "general" else None)
-
-
 def alpha_points(search: optuna.Study, repeats: optuna.Study | None = None) -> list[tuple[float, float]]:
-    """(alpha, mean score over seeds) of the pair's objectives that have an alpha, sorted by alpha."""
-    return sorted((effective_alpha(c.params), c.summary().mean) for c in candidates(search, repeats)
-                  if effective_alpha(c.params) is not None)
+    """(place on the alpha axis, mean score over seeds) of the pair's objectives, sorted by alpha."""
+    return sorted((objective_of(c.params).effective_alpha, c.summary().mean) for c in candidates(search, repeats))

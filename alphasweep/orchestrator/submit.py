@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 import ray
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobStatus, JobSubmissionClient
 
+from alphasweep import compat
 from alphasweep.config import ConfigError, SweepConfig
 
 PASSED_ENV = ("MLFLOW_TRACKING_URI", "ALPHASWEEP_OPTUNA_STORAGE", "ALPHASWEEP_STORAGE_PATH")
@@ -34,8 +37,6 @@ def _first_line(e: BaseException) -> str:
 @contextlib.contextmanager
 def _jobs_api(address: str, job_id: str | None = None):
     """Turn the Jobs API client's errors (connection, token auth, HTTP) into one-line `SubmitError`s."""
-    from ray.exceptions import AuthenticationError
-
     try:
         yield
     except SubmitError:
@@ -59,11 +60,9 @@ def _jobs_api(address: str, job_id: str | None = None):
 
 def connect(address: str):
     """A Jobs API client for `address`, refusing a cluster that runs another Ray version."""
-    from ray.job_submission import JobSubmissionClient
-
     with _jobs_api(address):
         client = JobSubmissionClient(address)
-    remote = getattr(client, "_server_ray_version", None)  # read by the client's own version check
+    remote = compat.server_ray_version(client)
     if remote and remote != ray.__version__:
         raise SubmitError(f"the cluster at {address} runs Ray {remote}, this client Ray {ray.__version__}; "
                           "use the same Ray version on both (pickled trials and configs must match)")
@@ -94,8 +93,6 @@ def submit(cfg: SweepConfig, config_path: Path, address: str, *, ship_project: b
 
 def follow(address: str, job_id: str, echo=print) -> str:
     """Stream the job's logs until it ends; returns its final status."""
-    from ray.job_submission import JobStatus
-
     client = connect(address)
     seen = 0
     while True:

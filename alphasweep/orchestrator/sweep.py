@@ -1,8 +1,10 @@
 """The sweep driver: for each (model, domain) pair, probe, then search objectives with Tune + Optuna.
 
-Resume and extend work the same way (stack notes 2 and 8): the Optuna study in its RDB storage is the
-source of truth. A new Tuner continues the study; trials a dead driver left RUNNING are marked FAIL and
-retried; the Tuner runs only the trials the budget still lacks. Tune's own restore is never used.
+Resume and extend work the same way: the Optuna study in its RDB storage is the record of a sweep. A new
+Tuner continues the study; trials a dead driver left RUNNING (or enqueued and never started) are marked
+FAIL and retried; the Tuner runs only the trials the budget still lacks. Tune's own experiment restore is
+never used (after a hard kill it breaks on an RDB-backed study, and it cannot extend a finished
+experiment; docs/upstream.md).
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+import ray
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from alphasweep.config import ConfigError, SweepConfig
 from alphasweep.evaluation.actor import get_evaluator
+from alphasweep.objectives import parse_objective
 from alphasweep.orchestrator import tracking
 from alphasweep.orchestrator.repeats import RepeatSearch, missing_confirmations, missing_seeds, pending
 from alphasweep.orchestrator.results import (
@@ -35,90 +38,32 @@ from alphasweep.orchestrator.results import (
     repeats_study_name,
     study_name,
 )
-from alphasweep.orchestrator.space import (
-    SEED,
-    SKIPPED,
-    SearchSpace,
-    record_run,
-    search_sampler,
-    warm_points,
-)
+from alphasweep.orchestrator.space import PairSearch, SearchSpace, objective_of, search_sampler, warm_points
 from alphasweep.orchestrator.trial import PairJob, run_trial
+from alphasweep.plots import plot_score_vs_alpha, plot_weights
+from alphasweep.probe import probe_capability
+from alphasweep.rows import load_rows
 
 SEARCH_METRIC = "score"
 SIGNALS = {"heldout_nll": ("heldout_nll", "min"), "benchmark": ("signal_score", "max")}  # ASHA's metric, mode
-GUIDED_REDRAWS, MAX_REDRAWS = 5, 20
-
-
-class PairSearch(OptunaSearch):
-    """OptunaSearch that tags each config with its Optuna trial number and keeps training reports out
-    of the study. A trial ASHA stops never reports `score`, so Optuna records it as PRUNED with no value
-    (TPE ranks it below every complete trial) rather than COMPLETE with an early, misleading value;
-    an intermediate held-out NLL would otherwise become the pruned trial's value in a study that
-    maximises accuracy. The training curves live in MLflow."""
-
-    def __init__(self, *args, constants: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._constants = constants
-
-    def suggest(self, trial_id: str):
-        """A proposal that repeats an objective already run (TPE often redraws `p` or `original`, which have
-        no parameters) is recorded as a skipped FAIL and redrawn: a rerun would only repeat a known score.
-        After `GUIDED_REDRAWS` repeats the redraws come from a random sampler (a TPE sure of a parameterless
-        objective proposes it again and again); a proposal that still repeats after `MAX_REDRAWS` runs."""
-        guided = self._ot_study.sampler
-        try:
-            for attempt in range(1, MAX_REDRAWS + 1):
-                config = super().suggest(trial_id)
-                if (not isinstance(config, dict) or attempt == MAX_REDRAWS
-                        or not self._repeats(config, self._ot_trials[trial_id].number)):
-                    break
-                repeat = self._ot_trials.pop(trial_id)
-                repeat.set_user_attr(SKIPPED, f"repeats {_point_name(config)}")
-                self._ot_study.tell(repeat, state=TrialState.FAIL)
-                if attempt == GUIDED_REDRAWS:
-                    self._ot_study.sampler = optuna.samplers.RandomSampler(seed=repeat.number)
-        finally:
-            self._ot_study.sampler = guided
-        if isinstance(config, dict):
-            trial = self._ot_trials[trial_id]
-            if "seed" in self._constants:
-                trial.set_user_attr(SEED, self._constants["seed"])
-            config.update(self._constants, optuna_trial=trial.number)
-        return config
-
-    def _repeats(self, config: dict, number: int) -> bool:
-        key = (_point_name(config), config.get("learning_rate"))
-        return any((objective_name(t), t.params.get("learning_rate")) == key
-                   for t in self._ot_study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-                   if t.number != number)
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Training reports carry no `score`; the searcher only learns from finished trials."""
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and trial_id in self._ot_trials:
-            record_run(self._ot_trials[trial_id], result)
-        super().on_trial_complete(trial_id, result, error)
 
 
 def fail_stale_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
-    """Trials left RUNNING (or WAITING) by a killed driver become FAIL, so they are retried, not lost."""
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
+    """Trials a killed driver left RUNNING, and enqueued points it never started (WAITING), become FAIL, so
+    they are retried, not lost. Only called before the sweep's one driver starts its Tuner, so every such
+    trial is stale (Optuna's heartbeat-based `fail_stale_trials` does not fit: docs/upstream.md)."""
+    study = load_study(storage, name)
+    if study is None:
         return 0
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    study_id = storage.get_study_id_from_name(name)
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
     for t in stale:
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+                                       TrialState.FAIL)
     return len(stale)
 
 
 def _probe(job: PairJob):
-    import ray
-
-    from alphasweep.probe import probe_capability
-
     remote = ray.remote(num_cpus=1, num_gpus=min(job.train.gpus_per_worker, 1))(probe_capability)
     return ray.get(remote.remote(job.model_path, job.data, max_length=job.train.max_length, seed=job.train.seed))
 
@@ -166,9 +111,6 @@ class PairRun:
         summary = pair_summary(study, self.job.model, self.job.domain, repeats)  # read back from storage
         self.log(f"[{name}] {summary['verdict']}")
         if summary["best_objective"]:
-            from alphasweep.objectives import parse_objective, plot_weights
-            from alphasweep.orchestrator.report import plot_score_vs_alpha
-
             tracking.log_summary(client, parent, summary)
             points = alpha_points(study, repeats)
             tracking.log_png(client, parent, lambda p: plot_score_vs_alpha({name: points}, p), "score_vs_alpha.png")
@@ -215,7 +157,7 @@ class PairRun:
         else:
             scheduler = FIFOScheduler()
         self.log(f"[{name}] running {remaining} trial(s), {cfg.budget.max_concurrent} at a time"
-                 + (f"; first: {', '.join(_point_name(p) for p in points)}" if points else ""))
+                 + (f"; first: {', '.join(_trial_objective(p) for p in points)}" if points else ""))
         self._tune(searcher, scheduler, remaining, parent)
 
     def _tune(self, searcher, scheduler, num_samples: int, parent: str) -> None:
@@ -238,10 +180,8 @@ class PairRun:
         tuner.fit()
 
 
-def _point_name(point: dict) -> str:
-    from alphasweep.orchestrator.space import objective_of
-
-    return objective_of(point).name
+def _trial_objective(config: dict) -> str:
+    return objective_of(config).name
 
 
 class TrialPrinter(tune.Callback):
@@ -264,7 +204,7 @@ class TrialPrinter(tune.Callback):
 
 def _label(config: dict) -> str:
     """`trial #3 p` for a search trial, `confirm #1 p seed 2` for a repeat (numbered in the repeats study)."""
-    stage, name = config.get("stage", "search"), _point_name(config)
+    stage, name = config.get("stage", "search"), _trial_objective(config)
     if stage == "search":
         return f"trial #{config['optuna_trial']} {name}"
     return f"{stage} #{config['optuna_trial']} {name} seed {config['seed']}"
@@ -273,16 +213,14 @@ def _label(config: dict) -> str:
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=print) -> list[dict]:
     """Every pair of the config, one after another; returns the per-pair summaries.
 
-    An interrupted sweep (trials done, budget not met) continues only with `resume` or `extend`, so a
+    An interrupted sweep (trials done, budget or repeats not met) continues only with `resume` or `extend`, so a
     second run never mixes into an earlier sweep by accident; a finished one just reports again.
     """
-    from alphasweep.data import load_rows
-
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry no `score`
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "sweep.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     for domain in cfg.domains:  # fail on missing data before any trial starts
-        load_rows(domain.train)
+        load_rows(domain.train.path, split=domain.train.split, subset=domain.train.subset, what="data")
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
     evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it

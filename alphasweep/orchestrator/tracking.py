@@ -18,10 +18,14 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from alphasweep.config import ConfigError
+from alphasweep.objectives import parse_objective
+from alphasweep.orchestrator.space import objective_of
+from alphasweep.plots import plot_weights
 from alphasweep.stats import Outcomes
 
 PAIR_TAG, KIND_TAG, OPTUNA_TAG, TUNE_TAG = "alphasweep.pair", "alphasweep.kind", "optuna_trial", "tune_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+NLL = parse_objective("original")  # every trial's W(p) plot shows NLL's for reference
 _NOT_METRICS = {"step", "training_iteration", "timestamp", "time_total_s", "time_this_iter_s", "pid",
                 "time_since_restore", "iterations_since_restore", "optuna_trial"}
 
@@ -66,12 +70,30 @@ def open_parent_run(client: MlflowClient, exp_id: str, model: str, domain: str) 
         run_id = parents[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    run = client.create_run(exp_id, run_name=pair, tags={PAIR_TAG: pair, KIND_TAG: "pair", "model": model, "domain": domain})
+    tags = {PAIR_TAG: pair, KIND_TAG: "pair", "model": model, "domain": domain}
+    run = client.create_run(exp_id, run_name=pair, tags=tags)
     return run.info.run_id
 
 
-def close_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
-    client.set_terminated(run_id, status=status)
+def close_parent_run(client: MlflowClient, run_id: str) -> None:
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def log_summary(client: MlflowClient, run_id: str, summary: dict) -> None:
+    """The pair's answer on its parent run: best objective, its score and interval, the paired comparisons
+    with NLL and the runner-up (difference, interval), whether it is decided, and the verdict sentence."""
+    client.set_tag(run_id, "best_objective", summary["best_objective"])
+    client.set_tag(run_id, "verdict", summary["verdict"])
+    client.set_tag(run_id, "decided", str(summary["decided"]).lower())
+    metrics = {"best_score": summary["best_score"]}
+    if summary["best_ci"]:
+        metrics["best_ci_low"], metrics["best_ci_high"] = summary["best_ci"]
+    for key in ("vs_nll", "vs_runner_up"):
+        if summary[key]:
+            metrics[key] = summary[key]["difference"]
+            metrics[f"{key}_low"], metrics[f"{key}_high"] = summary[key]["ci"]
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v)
 
 
 def log_png(client: MlflowClient, run_id: str, draw, name: str) -> None:
@@ -96,14 +118,12 @@ class TrialTracker(tune.Callback):
         self.runs: dict[str, str] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        from alphasweep.orchestrator.space import objective_of
-
         cfg = trial.config
         obj = objective_of(cfg)
         lr = cfg.get("learning_rate") or cfg["train_learning_rate"]
         stage = cfg.get("stage", "search")
-        # a repeat (another seed, the confirmation) is numbered in the pair's repeats study
-        label = f"#{cfg['optuna_trial']}" if stage == "search" else f"{stage} #{cfg['optuna_trial']}, seed {cfg['seed']}"
+        number = f"#{cfg['optuna_trial']}"  # a repeat (other seed, confirmation) is numbered in the repeats study
+        label = number if stage == "search" else f"{stage} {number}, seed {cfg['seed']}"
         run = self.client.create_run(
             self.exp_id, run_name=f"{obj.name} ({label})",
             tags={PARENT_TAG: self.parent_id, PAIR_TAG: f"{self.model}/{self.domain}", KIND_TAG: "trial",
@@ -115,7 +135,7 @@ class TrialTracker(tune.Callback):
         for k, v in params.items():
             self.client.log_param(run_id, k, "none" if v is None else v)
         self.client.log_text(run_id, self.config_yaml, "config.yaml")
-        log_png(self.client, run_id, lambda p: _plot_one(obj, p), "weight.png")
+        log_png(self.client, run_id, lambda p: plot_weights([NLL, obj], p), "weight.png")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.runs.get(trial.trial_id)
@@ -143,25 +163,3 @@ class TrialTracker(tune.Callback):
         if run_id:
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
 
-
-def log_summary(client: MlflowClient, run_id: str, summary: dict) -> None:
-    """The pair's answer on its parent run: best objective, its score and interval, the paired comparisons
-    with NLL and the runner-up (difference, interval), whether it is decided, and the verdict sentence."""
-    client.set_tag(run_id, "best_objective", summary["best_objective"])
-    client.set_tag(run_id, "verdict", summary["verdict"])
-    client.set_tag(run_id, "decided", str(summary["decided"]).lower())
-    metrics = {"best_score": summary["best_score"]}
-    if summary["best_ci"]:
-        metrics["best_ci_low"], metrics["best_ci_high"] = summary["best_ci"]
-    for key in ("vs_nll", "vs_runner_up"):
-        if summary[key]:
-            metrics[key] = summary[key]["difference"]
-            metrics[f"{key}_low"], metrics[f"{key}_high"] = summary[key]["ci"]
-    for k, v in metrics.items():
-        client.log_metric(run_id, k, v)
-
-
-def _plot_one(obj, path: Path) -> None:
-    from alphasweep.objectives import parse_objective, plot_weights
-
-    plot_weights([parse_objective("original"), obj], path)

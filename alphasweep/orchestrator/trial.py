@@ -1,7 +1,7 @@
 """One Tune trial: fine-tune with the proposed objective (a Ray Train run), then score the checkpoint.
 
 This function is the Tune trainable ("train driver"): it takes a custom `TRAIN_DRIVER` resource and no
-CPU; the Train workers and the evaluator actor hold the real CPUs/GPUs (stack notes 1.2, 1.4).
+CPU; the Train workers and the evaluator actor hold the real CPUs/GPUs (docs/upstream.md).
 """
 
 from __future__ import annotations

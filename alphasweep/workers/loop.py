@@ -85,7 +85,8 @@ def grad_sync(model, sync: bool):
 
 
 @torch.no_grad()
-def heldout_nll(model, examples: list[Example], pad_id: int, batch_size: int, device, autocast, rank: int, world: int) -> float:
+def heldout_nll(model, examples: list[Example], pad_id: int, batch_size: int, device, autocast, rank: int,
+                world: int) -> float:
     """Mean -log p of held-out completion tokens: a yardstick common to every objective.
 
     Every rank runs the same number of forwards (FSDP gathers weights in each); a rank whose shard ran
@@ -144,7 +145,9 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
     Returns the metrics of every report of this attempt (rank 0's list becomes `Result.return_value`).
     """
     entered = time.time()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from alphasweep.tokenizer import load_tokenizer
 
     tc = TrainConfig.model_validate(cfg["train"])
     spec = DataSpec.model_validate(cfg["data"])
@@ -159,10 +162,8 @@ def train_loop_per_worker(cfg: dict) -> list[dict]:
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as resume_dir:
         source = resume_dir or cfg["model_path"]
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
         loaded = time.time()
         data = load_sft_data(spec, tokenizer, tc.max_length, seed=tc.seed)
         tokenized = time.time()

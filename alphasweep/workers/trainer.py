@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import ray.train
 import ray.train.torch
 from ray.train.torch import TorchConfig
-from ray.train.v2._internal.callbacks import DatasetsCallback
 
+from alphasweep import compat
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.workers.loop import train_loop_per_worker
 
@@ -23,16 +23,10 @@ from alphasweep.workers.loop import train_loop_per_worker
 TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-class TorchTrainer(ray.train.torch.TorchTrainer):
+class TorchTrainer(compat.WithoutRayDataCallback, ray.train.torch.TorchTrainer):
     """Ray's `TorchTrainer` without its Ray Data callback when the run has no `datasets` (ours never has: the
     loop reads its own files). That callback starts a `DatasetManager` actor for every run, one more process
     importing Ray Data (~1.3 s of CPU) while the run starts; on a small node that slows the other trials."""
-
-    def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
 
 def build_trainer(

@@ -1,44 +1,19 @@
-"""SFT objectives of Li et al. (arXiv 2510.00526): the f_alpha family, thresholds, quantile cuts.
+"""The objectives' loss: `objective_loss` over a model's logits, for every family of the registry.
 
-Every objective is a per-token loss f(p) of the target token's probability p. Its logit gradient is
--W(p) * (onehot - softmax) with the weight W(p) = -p f'(p), which is what sets objectives apart: NLL
-weighs every token equally, `p` (alpha = 1) weighs tokens by how plausible the model already finds them.
-
-Names (`parse_objective`) and families (`objective_from_params`, used by the search space):
-
-| paper name              | family                 | per-token loss          | W(p)                  |
-| ----------------------- | ---------------------- | ----------------------- | --------------------- |
-| `original`, `nll`, `logp` | `nll`                | -log p                  | 1                     |
-| `p`                     | `p`                    | 1 - p                   | p                     |
-| `dft`                   | `dft`                  | -sg(p) log p            | p                     |
-| `GeneralFamily-a`       | `general`              | (1 - p^a) / a           | p^a                   |
-| `OnlyTopP-q`            | `top_p`                | 1 - p,   if p >= q      | p [p >= q]            |
-| `OnlyBottomP-q`         | `bottom_p`             | 1 - p,   if p < q       | p [p < q]             |
-| `OnlyTopLogP-q`         | `top_logp`             | -log p,  if p >= q      | [p >= q]              |
-| `OnlyBottomLogP-q`      | `bottom_logp`          | -log p,  if p < q       | [p < q]               |
-| `TopQuantileP-r`        | `top_quantile_p`       | 1 - p,   if p >= cut_r  | p                     |
-| `BottomQuantileP-r`     | `bottom_quantile_p`    | 1 - p,   if p < cut_r   | p                     |
-| `TopQuantileLogP-r`     | `top_quantile_logp`    | -log p,  if p >= cut_r  | 1                     |
-| `BottomQuantileLogP-r`  | `bottom_quantile_logp` | -log p,  if p < cut_r   | 1                     |
-
-sg is stop-gradient. Top keeps p >= cut and Bottom keeps p < cut, so a Top and a Bottom objective with the
-same cut partition the tokens. cut_r is the r-quantile (linear interpolation, as `torch.quantile`) of the
-detached probabilities of the micro-batch's masked tokens, so `TopQuantile*-r` trains on the top 1 - r share
-of them; their W(p) leaves the indicator out, since the cut is only known per batch. Ranges: alpha in
-[-1, 16] with |alpha| >= 1e-8 (closer to 0 the family is NLL to float32 precision: use `original`); q and r
-in (0, 1).
+The loss is the sum of f(p) over the tokens that the mask and any cut select, divided by their number
+(the paper's normalisation), computed from a chunked `log p(target)` that never holds a float32
+[tokens x vocab] log-softmax: fused Triton kernels on CUDA, chunks of rows elsewhere. The same function
+runs on every training path (padded, packed, DDP, FSDP).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+from alphasweep.objectives.registry import Objective
 
 try:  # CUDA builds of torch ship Triton; without it CUDA falls back to the eager path.
     import triton
@@ -46,132 +21,10 @@ try:  # CUDA builds of torch ship Triton; without it CUDA falls back to the eage
 except ImportError:
     triton = None
 
-ALPHA_RANGE = (-1.0, 16.0)
-MIN_ABS_ALPHA = 1e-8
 # Elements of [tokens x vocab] per chunk of the eager path (CPU; CUDA without Triton): a float32 chunk
 # (4 MiB) stays in cache and adds next to nothing to peak memory; its few ops still take long enough that
 # per-op overhead does not count.
 CHUNK_ELEMENTS = 2**20
-
-
-@dataclass(frozen=True)
-class _Spec:
-    paper: str  # the paper's name, or its prefix before `-<param>`
-    loss: str  # "logp" (-log p), "p" (1 - p), "dft" or "general"
-    side: str | None = None  # "top" or "bottom" for thresholded families
-    quantile: bool = False  # the cut is a quantile of the batch, not a fixed probability
-
-
-_SPECS = {
-    "nll": _Spec("original", "logp"),
-    "p": _Spec("p", "p"),
-    "dft": _Spec("dft", "dft"),
-    "general": _Spec("GeneralFamily", "general"),
-    "top_p": _Spec("OnlyTopP", "p", "top"),
-    "bottom_p": _Spec("OnlyBottomP", "p", "bottom"),
-    "top_logp": _Spec("OnlyTopLogP", "logp", "top"),
-    "bottom_logp": _Spec("OnlyBottomLogP", "logp", "bottom"),
-    "top_quantile_p": _Spec("TopQuantileP", "p", "top", True),
-    "bottom_quantile_p": _Spec("BottomQuantileP", "p", "bottom", True),
-    "top_quantile_logp": _Spec("TopQuantileLogP", "logp", "top", True),
-    "bottom_quantile_logp": _Spec("BottomQuantileLogP", "logp", "bottom", True),
-}
-FAMILIES = tuple(_SPECS)
-_PLAIN_NAMES = {"original": "nll", "nll": "nll", "logp": "nll", "p": "p", "dft": "dft"}
-_PREFIXES = {spec.paper.lower(): family for family, spec in _SPECS.items() if family == "general" or spec.side}
-_ACCEPTED = (
-    "accepted names: original, nll, logp, p, dft, GeneralFamily-<alpha>, "
-    + ", ".join(f"{spec.paper}-<{'r' if spec.quantile else 'q'}>" for spec in _SPECS.values() if spec.side)
-    + f"; alpha in [{ALPHA_RANGE[0]:g}, {ALPHA_RANGE[1]:g}] with |alpha| >= {MIN_ABS_ALPHA:g} (nearer 0 it is NLL:"
-    " use original), q and r in (0, 1)"
-)
-
-Num = TypeVar("Num", Tensor, float)
-
-
-def _format(x: float) -> str:
-    """Shortest text that parses back to exactly x (`repr`), without a trailing `.0`."""
-    text = repr(float(x))
-    return text[:-2] if text.endswith(".0") else text
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One SFT objective: a family, plus alpha for `general` or the cut for thresholded families."""
-
-    family: str
-    alpha: float | None = None
-    threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        spec = _SPECS.get(self.family)
-        if spec is None:
-            raise ValueError(f"unknown objective family {self.family!r}; accepted families: {', '.join(FAMILIES)}")
-        if (self.alpha is not None) != (spec.loss == "general"):
-            raise ValueError(f"family {self.family!r} {'needs' if spec.loss == 'general' else 'takes no'} alpha")
-        if (self.threshold is not None) != (spec.side is not None):
-            raise ValueError(f"family {self.family!r} {'needs' if spec.side else 'takes no'} threshold")
-        if self.alpha is not None:
-            alpha = float(self.alpha)
-            if not (ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1] and abs(alpha) >= MIN_ABS_ALPHA):
-                raise ValueError(f"alpha={self.alpha!r} out of range; {_ACCEPTED}")
-            object.__setattr__(self, "alpha", alpha)
-        if self.threshold is not None:
-            threshold = float(self.threshold)
-            if not 0.0 < threshold < 1.0:
-                raise ValueError(f"threshold={self.threshold!r} out of range; {_ACCEPTED}")
-            object.__setattr__(self, "threshold", threshold)
-
-    @property
-    def _spec(self) -> _Spec:
-        return _SPECS[self.family]
-
-    @property
-    def name(self) -> str:
-        """The paper's name; `parse_objective(o.name) == o`."""
-        param = self.alpha if self.alpha is not None else self.threshold
-        return self._spec.paper if param is None else f"{self._spec.paper}-{_format(param)}"
-
-    def params(self) -> dict[str, str | float | None]:
-        """Flat parameters for experiment tracking."""
-        return {"family": self.family, "alpha": self.alpha, "threshold": self.threshold}
-
-    def weight(self, p: Num) -> Num:
-        """W(p) = -p f'(p) for p in (0, 1]: how strongly a token of probability p pulls on the logits."""
-        spec = self._spec
-        exponent = {"logp": 0.0, "p": 1.0, "dft": 1.0, "general": self.alpha}[spec.loss]
-        base = p**exponent
-        if spec.side is None or spec.quantile:
-            return base
-        return base * ((p >= self.threshold) if spec.side == "top" else (p < self.threshold))
-
-
-def parse_objective(name: str) -> Objective:
-    """Objective from a paper name such as `original`, `p`, `GeneralFamily-0.5` or `OnlyTopP-0.1` (any case)."""
-    text = name.strip().lower()
-    if text in _PLAIN_NAMES:
-        return Objective(_PLAIN_NAMES[text])
-    prefix, _, param = text.partition("-")
-    family = _PREFIXES.get(prefix)
-    if family is None or not param:
-        raise ValueError(f"unknown objective {name!r}; {_ACCEPTED}")
-    try:
-        value = float(param)
-    except ValueError:
-        raise ValueError(f"objective {name!r}: {param!r} is not a number; {_ACCEPTED}") from None
-    return objective_from_params(family, **{"alpha" if family == "general" else "threshold": value})
-
-
-def objective_from_params(family: str, alpha: float | None = None, threshold: float | None = None) -> Objective:
-    """Objective from search-space parameters; the one of alpha and threshold the family does not use is ignored."""
-    spec = _SPECS.get(family)
-    if spec is None:
-        raise ValueError(f"unknown objective family {family!r}; accepted families: {', '.join(FAMILIES)}")
-    return Objective(
-        family,
-        alpha=alpha if spec.loss == "general" else None,
-        threshold=threshold if spec.side else None,
-    )
 
 
 if triton is not None:
@@ -301,7 +154,7 @@ def _quantile(values: Tensor, r: float) -> Tensor:
 
 def _token_loss(objective: Objective, logp: Tensor) -> Tensor:
     """f(p) per token, from float32 log p (stable for p down to 1e-30 and alpha down to -1)."""
-    kind = objective._spec.loss
+    kind = objective.spec.loss
     if kind == "logp":
         return -logp
     if kind == "p":
@@ -317,10 +170,10 @@ def _selected_loss(
     """The loss, the detached p of the masked tokens and how many of them the objective selects."""
     logp = target_log_prob(logits, labels, loss_mask, chunk_elements=chunk_elements)
     p = logp.detach().exp()
-    spec = objective._spec
+    spec = objective.spec
     chosen = logp
     if spec.side is not None and p.numel():
-        cut = _quantile(p, objective.threshold) if spec.quantile else objective.threshold
+        cut = _quantile(p, objective.threshold) if spec.param == "quantile" else objective.threshold
         chosen = logp[p >= cut] if spec.side == "top" else logp[p < cut]
     return _token_loss(objective, chosen).sum() / max(chosen.numel(), 1), p, chosen.numel()
 
@@ -358,30 +211,3 @@ def objective_loss_with_stats(
     loss, p, selected = _selected_loss(logits, labels, loss_mask, objective, chunk_elements)
     masked = max(p.numel(), 1)
     return loss, {"selected_share": selected / masked, "mean_p": p.sum().item() / masked, "tokens": float(p.numel())}
-
-
-def plot_weights(
-    objectives: Iterable[Objective | str],
-    path: str | Path,
-    *,
-    points: int = 400,
-    y_max: float = 2.0,
-) -> Path:
-    """Write a PNG of W(p) over p in (0, 1] for each objective, to compare how they weigh tokens.
-
-    Draws on a bare matplotlib Figure (Agg), leaving pyplot's global state alone."""
-    from matplotlib.figure import Figure
-
-    p = torch.linspace(1.0 / points, 1.0, points, dtype=torch.float64)
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for objective in objectives:
-        objective = parse_objective(objective) if isinstance(objective, str) else objective
-        ax.plot(p.numpy(), objective.weight(p).numpy(), label=objective.name)
-    ax.set(xlabel="p (target-token probability)", ylabel="W(p) = -p f'(p)", xlim=(0, 1), ylim=(0, y_max))
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
