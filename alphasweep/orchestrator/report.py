@@ -24,20 +24,32 @@ def build_report(cfg: SweepConfig) -> dict:
 
 
 def format_table(report: dict) -> str:
-    """One row per pair (scores are means over seeds; the best's 95% interval), then each pair's verdict."""
+    """One row per pair (scores are means over seeds; the best's 95% interval); then per pair its verdict and
+    its objectives, best first: mean, spread and 95% interval over seeds (over items for one run)."""
     head = ("pair", "continuum", "probe p", "NLL", "p", "best objective", "best [95% CI]", "trials", "seeds")
     rows = []
     for p in report["pairs"]:
         s = p["scores"]
-        ci = f" [{p['best_ci'][0]:.3f}, {p['best_ci'][1]:.3f}]" if p["best_ci"] else ""
         rows.append((
             f"{p['model']}/{p['domain']}", p["continuum"] or "-", _fmt(p["probe_mean_p"]),
-            _fmt(s.get("original")), _fmt(s.get("p")), p["best_objective"] or "-", _fmt(p["best_score"]) + ci,
+            _fmt(s.get("original")), _fmt(s.get("p")), p["best_objective"] or "-",
+            _fmt(p["best_score"]) + _fmt_ci(p["best_ci"]),
             f"{p['trials']}" + (f" (+{p['stopped_early']} stopped)" if p["stopped_early"] else ""),
             ",".join(map(str, p["seeds"])) or "-",
         ))
-    verdicts = "".join(f"\n{p['model']}/{p['domain']}: {p['verdict']}" for p in report["pairs"])
-    return text_table(head, rows, right={2, 3, 4}) + verdicts
+    parts = [text_table(head, rows, right={2, 3, 4})]
+    for p in report["pairs"]:
+        objectives = [(name, _fmt(o["score"]), f"{o['std']:.3f}" if len(o["seeds"]) > 1 else "-",
+                       _fmt_ci(o["ci"]).strip() or "-", ",".join(o["seeds"]) + (" (confirm)" if o["confirmed"] else ""))
+                      for name, o in p["objectives"].items()]
+        parts.append(f"\n{p['model']}/{p['domain']}: {p['verdict']}")
+        if objectives:
+            parts.append(text_table(("objective", "mean", "std", "95% CI", "seeds"), objectives, right={1, 2}))
+    return "\n".join(parts)
+
+
+def _fmt_ci(ci: list[float] | None) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
 def _fmt(v: float | None) -> str:
