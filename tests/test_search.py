@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from alphasweep import compat
 from alphasweep.config import ConfigError, SearchSpec
 from alphasweep.orchestrator.results import pair_summary
-from alphasweep.orchestrator.space import PairSearch, SearchSpace, objective_of, point_of
+from alphasweep.orchestrator.space import PairSearch, SearchSpace, objective_of, point_of, searched, warm_points
 from alphasweep.orchestrator.sweep import fail_stale_trials
 
 
@@ -127,3 +127,16 @@ def test_a_sampler_stuck_on_a_run_objective_falls_back_to_random_draws(tmp_path)
         searcher.on_trial_complete(f"t{i}", {"score": 0.5})
     config = searcher.suggest("t2")  # both objectives have run: the last redraw runs as a repeat
     assert objective_of(config).name in ("original", "p") and "optuna_trial" in config
+
+
+def test_warm_start_runs_the_probes_suggestions_in_searched_families_then_the_enqueued_baselines():
+    search = SearchSpec(families=["nll", "p", "general", "top_logp"], enqueue=["original", "p"])
+    strong = ["p", "GeneralFamily-4", "OnlyTopP-0.5"]  # top_p is not searched: its searched twin runs instead
+    assert searched("OnlyTopP-0.5", search) == "OnlyTopLogP-0.5" and searched("dft", search) is None
+    names = [objective_of(p).name for p in warm_points(search, strong)]
+    assert names == ["p", "GeneralFamily-4", "OnlyTopLogP-0.5", "original"]
+    assert [objective_of(p).name for p in warm_points(search, strong, tried={"p", "original"})] == [
+        "GeneralFamily-4", "OnlyTopLogP-0.5"]
+    no_probe = search.model_copy(update={"probe_warm_start": False})
+    assert [objective_of(p).name for p in warm_points(no_probe, strong)] == ["original", "p"]
+    assert searched("OnlyBottomLogP-0.2", SearchSpec(families=["nll", "bottom_p"])) == "OnlyBottomP-0.2"

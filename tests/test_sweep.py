@@ -16,6 +16,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from alphasweep.config import SearchSpec
+from alphasweep.orchestrator.space import objective_of, warm_points
 from alphasweep.synthetic import write_task_files
 from local_services import mlflow_server as mlflow_server_at
 
@@ -105,10 +107,14 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
     storage = f"sqlite:///{tmp_path}/out/optuna.db"
     studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert set(studies) == {"tiny/addition", "tiny/cipher"}
+    search = SearchSpec(families=["nll", "p", "general"], enqueue=["original", "p"])
     for name in studies:
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(states=(TrialState.COMPLETE,))
         assert len(trials) == 3
-        assert {t.params["family"] for t in trials[:2]} == {"nll", "p"}  # the enqueued warm start ran first
+        # the warm start ran first: the probe's suggestions, then the enqueued NLL and p
+        warm = [objective_of(p).name for p in warm_points(search, study.user_attrs["probe"]["suggestions"])]
+        assert [objective_of(t.params).name for t in trials] == warm[:3] and {"original", "p"} <= set(warm)
 
     report = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)
     assert report["mlflow_uri"] == mlflow_server and report["optuna_storage"] == storage
@@ -138,6 +144,8 @@ def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, t
     trial is PRUNED with no value in Optuna, KILLED with `stopped_early` in MLflow, counted by the report."""
     config = _config(tmp_path, tiny_model, addition_files, cipher_files,
                      budget={"trials_per_pair": 3, "max_concurrent": 1},
+                     search={"families": ["nll", "p", "general"], "enqueue": ["original", "p"],
+                             "probe_warm_start": False},
                      scheduler={"kind": "asha", "grace_steps": 4, "reduction_factor": 2},
                      train__steps=12, train__report_every=4, train__eval_every=4)
     raw = yaml.safe_load(config.read_text())

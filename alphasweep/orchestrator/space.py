@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from alphasweep import compat
 from alphasweep.config import ConfigError, SearchSpec
-from alphasweep.objectives import Objective, family_spec, objective_from_params, parse_objective
+from alphasweep.objectives import SPECS, Objective, family_spec, objective_from_params, parse_objective
 
 SKIPPED = "skipped"  # user attr of a proposal that repeated an earlier objective and never ran
 SEED, ITEMS = "seed", "items"  # user attrs of every run's Optuna trial: its training seed, its per-item outcomes
@@ -123,11 +123,25 @@ class PairSearch(OptunaSearch):
 
 
 def warm_points(search: SearchSpec, suggestions: list[str], tried: set[str] = frozenset()) -> list[dict]:
-    """The warm start: the config's `enqueue` list, then the probe's suggestions (where `probe_warm_start`),
-    those whose family the search allows and not yet tried, in that order."""
-    names = list(search.enqueue) + (list(suggestions) if search.probe_warm_start else [])
-    return [point_of(n, search) for n in dict.fromkeys(names)
-            if n not in tried and parse_objective(n).family in search.families]
+    """The warm start: the probe's suggestions (where `probe_warm_start`), then the config's `enqueue` list;
+    each as an objective the search allows (`searched`), those not yet tried, in that order. The probe's
+    guesses come first because they are the pair's own: where the budget is small they are the trials that
+    find the best soonest (bench/search_efficiency.py); `enqueue` holds what every pair is compared with."""
+    names = (list(suggestions) if search.probe_warm_start else []) + list(search.enqueue)
+    allowed = (searched(n, search) for n in names)
+    return [point_of(n, search) for n in dict.fromkeys(n for n in allowed if n) if n not in tried]
+
+
+def searched(name: str, search: SearchSpec) -> str | None:
+    """`name` if the search allows its family; for a cut family it does not, the twin it does allow (the same
+    cut on the same side of p with the other loss: `OnlyTopP-0.5` -> `OnlyTopLogP-0.5`), since the cut, which
+    tokens train, is the point of the suggestion; else None."""
+    obj = parse_objective(name)
+    if obj.family in search.families:
+        return obj.name
+    twin = next((f for f in search.families if obj.spec.side and SPECS[f].side == obj.spec.side
+                 and SPECS[f].param == obj.spec.param), None)
+    return Objective(twin, threshold=obj.threshold).name if twin else None
 
 
 def search_sampler(seed: int) -> optuna.samplers.BaseSampler:
