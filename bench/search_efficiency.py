@@ -7,8 +7,8 @@
     GeneralFamily at alpha 0.05 .. 8 on a log scale, top cuts over the searched threshold range) with
     every seed of `SEEDS`: one `alphasweep sweep` of `configs/demo.yaml` with the grid enqueued, the
     probe's warm start off and `seeds:` set. Saved as `bench/data/search_efficiency.json`: per pair, the
-    probe's verdict and suggestions and each grid objective's score per seed, plus the search space and
-    warm start the demo sweeps with.
+    probe's verdict and suggestions and each grid objective's score per seed, plus the kit that made it
+    (the demo config's `demo:` section) and the search space and warm start the demo sweeps with.
 
 (b) The replay (seconds, no training): each strategy proposes with the project's own code (`PairSearch`
     over `SearchSpace`, the sweep's TPE sampler and warm-start points) and the table answers instead of a
@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -61,6 +62,7 @@ SEEDS = [0, 1]
 WITHIN = 0.01  # "found the best": within 1 point of the grid's best mean score
 STRATEGIES = ("alphasweep", "tpe", "random", "grid")
 TARGET = 0.25
+ATTEMPTS = 3
 
 
 # ---------------------------------------------------------------- (a) the grid
@@ -75,24 +77,29 @@ def run_grid(out: Path, sets: list[str]) -> dict:
             *sum((["--set", s] for s in overrides), [])]
     print("grid: " + " ".join(args[1:]), flush=True)
     started = time.time()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    report = json.loads(subprocess.run([sys.executable, "-m", "alphasweep.cli", "report", str(out), "--json"],
-                                       check=True, capture_output=True, text=True).stdout)
+    for attempt in range(1, ATTEMPTS + 1):  # each attempt resumes: a trial that failed (OOM, a timeout) reruns
+        subprocess.run(args, stdout=subprocess.DEVNULL)
+        report = json.loads(subprocess.run([sys.executable, "-m", "alphasweep.cli", "report", str(out), "--json"],
+                                           check=True, capture_output=True, text=True).stdout)
+        missing = [f"{p['model']}/{p['domain']} lacks {o}" for p in report["pairs"] for o in GRID
+                   if len(p["objectives"].get(o, {}).get("seeds", {})) < len(SEEDS)]
+        if report["pairs"] and not missing:
+            break
+        print(f"grid: attempt {attempt} left {len(missing)} objective(s) short of {len(SEEDS)} seeds", flush=True)
+    else:
+        raise SystemExit(f"grid: {'; '.join(missing) or 'no pair ran'} (run it again to resume)")
     storage = optuna.storages.RDBStorage(report["optuna_storage"])
     pairs = {}
     for p in report["pairs"]:
         name = f"{p['model']}/{p['domain']}"
         probe = optuna.load_study(study_name=name, storage=storage).user_attrs["probe"]
         per_seed = p["objectives"]
-        missing = [o for o in GRID if o not in per_seed or len(per_seed[o]["seeds"]) < len(SEEDS)]
-        if missing:
-            raise SystemExit(f"grid: {name} lacks {', '.join(missing)} for some seed; rerun to resume it")
         pairs[name] = {"continuum": probe["continuum"], "probe_mean_p": probe["probe_mean_p"],
                        "suggestions": probe["suggestions"],
                        "scores": {o: [per_seed[o]["seeds"][str(s)] for s in SEEDS] for o in GRID}}
+    print(f"grid: done in {(time.time() - started) / 60:.0f} min", flush=True)
     return {"command": " ".join(["bench/search_efficiency.py", *sum((["--set", s] for s in sets), [])]),
-            "minutes": round((time.time() - started) / 60, 1), "search": demo["search"], "grid": GRID,
-            "seeds": SEEDS, "pairs": pairs}
+            "kit": demo["demo"], "search": demo["search"], "grid": GRID, "seeds": SEEDS, "pairs": pairs}
 
 
 # ---------------------------------------------------------------- (b) the replay
@@ -176,6 +183,7 @@ def main() -> None:
     ap.add_argument("--table", type=Path, default=TABLE, help="Where the grid's table is (or goes).")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's `group`
     if args.regrid or not (args.replay_only or args.table.exists()):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         args.table.parent.mkdir(parents=True, exist_ok=True)
