@@ -180,6 +180,8 @@ class EvalConfig(_Strict):
     samples_logged: int = Field(20, ge=0)
     seed: int = 0  # sampling seed (temperature > 0)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra vllm.LLM(...) arguments, e.g. enforce_eager
+    reuse_engine: bool = True  # vllm: reload each checkpoint's weights into the running engine; false: new engine
+    replicas: int = Field(1, ge=1)  # evaluator actors in the sweep's pool, each with num_cpus / num_gpus
 
 
 class ConfirmSpec(_Strict):

@@ -1,12 +1,11 @@
 """The evaluator end to end on tiny models: hf backend, the Ray actor, memory, failures, errors.
 
-GPU checks (vLLM against hf, GPU memory across checkpoints) are marked `gpu` and skipped without one.
+The vllm backend has its own tests (test_vllm.py). GPU checks are marked `gpu` and skipped without one.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import os
 import shutil
@@ -254,76 +253,6 @@ def test_run_eval_writes_records_and_table(tmp_path, finetuned_model, addition_f
     assert spec.format == "exact" and spec.name == addition_files[1].parent.name
 
 
-# ---------------------------------------------------------------- vLLM backend plumbing (no GPU)
-
-_STUB_VLLM = '''
-"""A stand-in for vllm's offline API: answers the addition prompts it is given as token ids."""
-import os
-from transformers import AutoTokenizer
-
-class SamplingParams:
-    def __init__(self, **kw):
-        self.kw = kw
-
-class _Completion:
-    def __init__(self, text):
-        self.text = text
-
-class _Output:
-    def __init__(self, outputs):
-        self.outputs = outputs
-
-class LLM:
-    def __init__(self, model, **kw):
-        if os.path.exists(os.path.join(model, "BROKEN")):
-            raise RuntimeError("engine failed to start")
-        assert kw["dtype"] == "bfloat16" and kw["tensor_parallel_size"] == 1, kw
-        self.tok = AutoTokenizer.from_pretrained(model)
-
-    def get_tokenizer(self):
-        return self.tok
-
-    def generate(self, prompts, params, use_tqdm=True):
-        assert params.kw["temperature"] == 0.0 and not use_tqdm
-        outs = []
-        for p in prompts:
-            a, b = self.tok.decode(p["prompt_token_ids"], skip_special_tokens=True).rstrip("=").split("+")
-            outs.append(_Output([_Completion(str(int(a) + int(b))) for _ in range(params.kw["n"])]))
-        return outs
-'''
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def test_vllm_backend_runs_the_engine_in_a_child_process(tmp_path, monkeypatch, tiny_model, addition_bench):
-    """The process plumbing of the vLLM backend, with a stub engine: prompts arrive as the same token ids
-    hf would use, a new checkpoint stops the old engine process, close() stops the last one."""
-    (tmp_path / "stub" / "vllm").mkdir(parents=True)
-    (tmp_path / "stub" / "vllm" / "__init__.py").write_text(_STUB_VLLM)
-    monkeypatch.syspath_prepend(str(tmp_path / "stub"))  # spawned children get the parent's sys.path
-    ev = Evaluator({**CFG, "backend": "vllm"}, log=None)
-    assert ev.backend.name == "vllm"
-    result = ev.evaluate(str(tiny_model), [addition_bench], limit=16)
-    assert result["backend"] == "vllm" and result["scores"]["addition"] == 1.0  # token ids round-trip
-    first = ev.backend._proc.pid
-    other = shutil.copytree(tiny_model, tmp_path / "other")
-    ev.evaluate(str(other), [addition_bench], limit=4)
-    second = ev.backend._proc.pid
-    assert second != first and _gone(first)
-    ev.close()
-    assert _gone(second)
-    broken = shutil.copytree(tiny_model, tmp_path / "broken")
-    (broken / "BROKEN").touch()
-    with pytest.raises(RuntimeError, match="engine failed to start"):
-        ev.evaluate(str(broken), [addition_bench], limit=4)
-    assert ev.loaded() is None
-
-
 # ---------------------------------------------------------------- GPU
 
 
@@ -345,47 +274,3 @@ def test_hf_on_gpu_scores_and_frees_memory(tmp_path, finetuned_model, addition_b
     ev.close()
     assert torch.cuda.memory_allocated() - allocated_before < 2**20
     assert torch.cuda.memory_reserved() - reserved_before < 2**20
-
-
-
-
-def _needs_vllm():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("needs vllm (pip install 'alphasweep[vllm]')")
-
-
-@pytest.mark.gpu
-def test_vllm_matches_hf_greedy(finetuned_model, addition_bench):
-    _needs_vllm()
-    hf = Evaluator(CFG, log=None)
-    vl = Evaluator({**CFG, "backend": "vllm", "gpu_memory_utilization": 0.3, "engine_kwargs": {"enforce_eager": True}},
-                   log=None)
-    a = hf.evaluate(str(finetuned_model), [addition_bench])
-    b = vl.evaluate(str(finetuned_model), [addition_bench])
-    hf.close()
-    vl.close()
-    assert b["backend"] == "vllm"
-    same = sum(x["completion"] == y["completion"] for x, y in zip(a["records"], b["records"], strict=True))
-    assert same >= 0.9 * len(a["records"])  # bf16 kernels differ; greedy ties may break differently
-    assert abs(a["scores"]["addition"] - b["scores"]["addition"]) <= 0.1
-
-
-@pytest.mark.gpu
-def test_vllm_gpu_memory_returns_between_checkpoints(tmp_path, finetuned_model, addition_bench):
-    _needs_vllm()
-
-    torch.cuda.init()
-    free_before, total = torch.cuda.mem_get_info()
-    ev = Evaluator({**CFG, "backend": "vllm", "gpu_memory_utilization": 0.3, "engine_kwargs": {"enforce_eager": True}},
-                   log=None)
-    used = []
-    for i in range(3):
-        ckpt = shutil.copytree(finetuned_model, tmp_path / f"ckpt{i}")
-        assert "error" not in ev.evaluate(str(ckpt), [addition_bench], limit=16)
-        used.append(free_before - torch.cuda.mem_get_info()[0])
-    ev.close()
-    free_after = torch.cuda.mem_get_info()[0]
-    assert max(used) - min(used) < 0.05 * total, used  # one engine at a time, not one per checkpoint
-    assert free_before - free_after < 0.02 * total, (free_before, free_after)  # all of it comes back

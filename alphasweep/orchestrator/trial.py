@@ -44,7 +44,7 @@ class PairJob:
 
 def run_trial(config: dict, job: PairJob) -> None:
     started_at = time.time()  # the trial's start-up overhead (`startup_s`) counts from here
-    from alphasweep.evaluation.actor import evaluate_with_timeout, get_evaluator
+    from alphasweep.evaluation.actor import evaluate_on_pool, get_evaluator_pool
     from alphasweep.orchestrator.space import objective_of
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
@@ -57,14 +57,14 @@ def run_trial(config: dict, job: PairJob) -> None:
         signal=job.signal_spec(),
     )
     checkpoint = final_checkpoint_path(trainer.fit())
-    scores = evaluate_with_timeout(get_evaluator(job.eval), checkpoint, job.benchmarks, job.eval.timeout_s,
-                                   limit=job.eval.limit)
+    scores = evaluate_on_pool(get_evaluator_pool(job.eval), checkpoint, job.benchmarks, limit=job.eval.limit)
     if "error" in scores:
         raise RuntimeError(f"evaluation of {checkpoint} failed: {scores['error']}")
     tune.report({
         "score": scores["mean_score"],
         **{f"score/{name}": s for name, s in scores["scores"].items()},
         "eval_seconds": scores["seconds"],
+        "eval_replica": scores["replica"],  # which of the pool's evaluators scored it
         "checkpoint_path": checkpoint,
         "samples": scores["records"][: job.eval.samples_logged],
         "items": json.dumps(Outcomes.from_records(scores["records"], scores["k"]).to_json()),  # for the report
