@@ -10,9 +10,10 @@ Torch-free (numpy, scipy, statsmodels), so the report, the bench and the tests r
   items (one benchmark, one sample, one seed) the exact McNemar test decides, and the interval of the
   difference is its conditional counterpart (Clopper-Pearson on the discordant items), so the interval
   excludes 0 exactly when the test rejects at the same level. Otherwise a paired bootstrap over items.
-- Over several seeds the spread between training runs matters more than the items: a t interval over
-  seeds (of the score, or of the per-seed paired difference), and a comparison is decided only when the
-  item interval and the seed interval both exclude 0 (the reported interval is their envelope).
+- Over several seeds both the spread between training runs and the items matter: an objective's interval
+  is the envelope of the t interval over seeds and the interval over items of its runs pooled; a comparison
+  is decided only when the paired interval over items and the t interval of the per-seed differences both
+  exclude 0 (the reported interval is their envelope).
 
 Bootstraps use a fixed random seed, so a report reads the same every time it is built. scipy and statsmodels
 are imported where an interval is computed: they take seconds to import, and every trial process imports
@@ -78,7 +79,10 @@ class SeedSummary:
     interval: Interval | None
 
 
-def over_seeds(values: Sequence[float], level: float = LEVEL) -> SeedSummary:
+def over_seeds(values: Sequence[float], level: float = LEVEL,
+               bounds: tuple[float, float] = (-np.inf, np.inf)) -> SeedSummary:
+    """The t interval cut to `bounds`, the values a figure can take (an accuracy lies in [0, 1]): with few
+    seeds it reaches far past them (t(0.975, 1) = 12.7), and the truth lies inside."""
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
@@ -87,11 +91,8 @@ def over_seeds(values: Sequence[float], level: float = LEVEL) -> SeedSummary:
     if x.size == 1:
         return SeedSummary(float(x[0]), 0.0, 1, None)
     std = float(x.std(ddof=1))
-    if std == 0:
-        interval = Interval(float(x[0]), float(x[0]), "t over seeds")
-    else:
-        ci = stats.ttest_1samp(x, 0.0).confidence_interval(level)
-        interval = Interval(float(ci.low), float(ci.high), "t over seeds")
+    low, high = (x[0], x[0]) if std == 0 else stats.ttest_1samp(x, 0.0).confidence_interval(level)
+    interval = Interval(float(max(low, bounds[0])), float(min(high, bounds[1])), "t over seeds")
     return SeedSummary(float(x.mean()), std, int(x.size), interval)
 
 
@@ -185,10 +186,21 @@ class Outcomes:
         return self.k == 1 and len(self.correct) == 1
 
     def interval(self, level: float = LEVEL) -> Interval:
-        if self.is_binary():
-            (items,) = self.correct.values()
-            return wilson(sum(items), len(items), level)
+        """Wilson's for a proportion over n items, else a bootstrap over items; where every sample of every
+        item was wrong (or right) there is nothing to resample, and Wilson's over the n items stands in."""
+        score = self.score()
+        if self.is_binary() or (np.ptp(self.values()) == 0 and score in (0.0, 1.0)):
+            return wilson(round(score * self.n), self.n, level)
         return bootstrap_mean(self.values(), level)
+
+    @classmethod
+    def pooled(cls, runs: Sequence[Outcomes]) -> Outcomes:
+        """Several runs scored on the same items as one: each item's correct samples over all of them."""
+        first = runs[0]
+        if not all(r.same_items(first) for r in runs):
+            raise ValueError("pooled: the runs were not scored on the same items")
+        return cls(first.k * len(runs), {b: [sum(c) for c in zip(*(r.correct[b] for r in runs), strict=True)]
+                                        for b in first.correct})
 
     def same_items(self, other: Outcomes) -> bool:
         return self.k == other.k and {b: len(v) for b, v in self.correct.items()} == {
@@ -213,7 +225,7 @@ def compare(a: Sequence[Outcomes], b: Sequence[Outcomes], level: float = LEVEL) 
                              level)
     if len(a) == 1:
         return items
-    seeds = over_seeds([x.score() - y.score() for x, y in zip(a, b, strict=True)], level).interval
+    seeds = over_seeds([x.score() - y.score() for x, y in zip(a, b, strict=True)], level, bounds=(-1, 1)).interval
     envelope = Interval(min(items.interval.low, seeds.low), max(items.interval.high, seeds.high),
                         f"paired bootstrap over items and t over {len(a)} seeds")
     return Comparison(items.difference, envelope)

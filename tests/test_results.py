@@ -90,7 +90,7 @@ def test_seeds_then_confirmation_choose_the_best_by_its_mean_and_keep_the_sample
     nll = summary["objectives"]["original"]
     assert nll["score"] == pytest.approx(np.mean(list(nll["seeds"].values())))
     assert nll["std"] == pytest.approx(np.std(list(nll["seeds"].values()), ddof=1))
-    assert nll["ci_method"] == "t over seeds" and nll["ci"][0] < nll["score"] < nll["ci"][1]
+    assert nll["ci_method"] == "t over seeds and bootstrap over items" and nll["ci"][0] < nll["score"] < nll["ci"][1]
     assert summary["scores"] == {n: o["score"] for n, o in summary["objectives"].items()}
 
     # ahead of NLL by ~27 points on every seed: decided; p and GeneralFamily-4 (2 points apart): a tie

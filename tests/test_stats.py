@@ -35,6 +35,8 @@ def test_t_interval_over_seeds_matches_the_textbook_formula():
     assert (s.interval.low, s.interval.high) == pytest.approx((2 - half, 2 + half), abs=1e-5)
     one = over_seeds([0.4])
     assert one.mean == 0.4 and one.std == 0 and one.interval is None
+    two = over_seeds([0.95, 0.99], bounds=(0, 1))  # t(0.975, 1) = 12.7: far past 1, cut at the bound
+    assert two.interval.high == 1 and two.interval.low == pytest.approx(0.97 - 12.7062 * 0.02, abs=1e-4)  # std 0.02 * sqrt(2), over sqrt(2)
 
 
 def test_exact_mcnemar_p_values_and_the_matching_interval():
@@ -101,6 +103,12 @@ def test_outcomes_from_evaluator_records_score_like_the_evaluator():
     assert not o.is_binary() and o.interval().method == "bootstrap"
     one = Outcomes(1, {"b": [1, 0, 1, 1]})
     assert one.is_binary() and one.interval() == wilson(3, 4)
+    pooled = Outcomes.pooled([one, Outcomes(1, {"b": [1, 1, 0, 1]})])
+    assert pooled == Outcomes(2, {"b": [2, 1, 1, 2]}) and pooled.score() == pytest.approx(0.75)
+    # every sample of every item wrong: nothing for a bootstrap to resample, Wilson's over the n items instead
+    assert Outcomes(3, {"b": [0] * 40}).interval() == wilson(0, 40)
+    with pytest.raises(ValueError, match="same items"):
+        Outcomes.pooled([one, Outcomes(1, {"b": [1]})])
 
 
 def test_compare_over_seeds_is_decided_only_when_items_and_seeds_agree():

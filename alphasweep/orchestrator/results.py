@@ -81,20 +81,21 @@ class Candidate:
     confirmed: bool = False  # a finalist of the confirmation stage
 
     def summary(self, seeds: Iterable[int | None] | None = None) -> SeedSummary:
-        """Mean, spread and interval over its seeds (or over those of `seeds` it has)."""
+        """Mean, spread and t interval over its seeds (or over those of `seeds` it has)."""
         chosen = [r.score for s, r in self.runs.items() if seeds is None or s in seeds]
-        return over_seeds(chosen) if chosen else SeedSummary(float("-inf"), 0.0, 0, None)
+        return over_seeds(chosen, bounds=(0, 1)) if chosen else SeedSummary(float("-inf"), 0.0, 0, None)
 
     def interval(self) -> tuple[list[float], str] | tuple[None, None]:
-        """Over several seeds, the t interval over seeds; for one run, its interval over items."""
-        s = self.summary()
-        if s.interval is not None:
-            return s.interval.as_list(), s.interval.method
-        (run,) = self.runs.values()
-        if run.outcomes is None:
-            return None, None
-        ci = run.outcomes.interval()
-        return ci.as_list(), ci.method
+        """The 95% interval of its score: over items for one run; over several seeds, the envelope of the t
+        interval over seeds and the interval over items of its runs pooled (seeds vary the training, the
+        items are one sample of the benchmark: either can be the wider)."""
+        seeds = self.summary().interval
+        outcomes = [r.outcomes for r in self.runs.values() if r.outcomes]
+        items = Outcomes.pooled(outcomes).interval() if len(outcomes) == len(self.runs) else None
+        if seeds is None or items is None:
+            chosen = seeds or items
+            return (chosen.as_list(), chosen.method) if chosen else (None, None)
+        return [min(seeds.low, items.low), max(seeds.high, items.high)], f"t over seeds and {items.method} over items"
 
 
 def candidates(search: optuna.Study, repeats: optuna.Study | None = None) -> list[Candidate]:
