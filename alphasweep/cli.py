@@ -1,8 +1,10 @@
-"""The `alphasweep` command: train, eval, probe, sweep, report, submit.
+"""The `alphasweep` command: train, eval, probe, sweep, report, dashboard, submit, validate.
 
-User errors (bad config, missing file, unknown objective) print one line and exit 2, no traceback.
-Each command imports the heavy modules it runs (torch, transformers, Ray, MLflow) in its own body, so
-that `alphasweep --help` and reading a config stay quick and never import torch.
+User errors (bad config, missing file, unknown objective) print one line and exit 2, no traceback; that
+holds for a user error raised inside a Ray task or actor too. `sweep`, `train` and `submit` run the
+checks of `alphasweep validate` first, before Ray starts and before anything is written.
+Each command imports the heavy modules it runs (torch, transformers, Ray, MLflow) in its own body, after
+those checks, so that `alphasweep --help`, `validate` and a rejected input stay quick and never import torch.
 """
 
 from __future__ import annotations
@@ -16,22 +18,42 @@ from functools import wraps
 from pathlib import Path
 
 import click
+import pydantic
 
-from alphasweep.config import ConfigError, DataSpec, check_local_paths, load_config
+from alphasweep import validate as checks
+from alphasweep.config import ConfigError, DataSpec, load_config
 from alphasweep.objectives import parse_objective
-from alphasweep.rows import DataError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
+def _remote_cause(e: BaseException) -> BaseException:
+    """The user's own error behind a Ray task's or actor's wrapper (`ray::probe_capability() ...` and the
+    remote traceback). Ray is only asked when it is loaded."""
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    while ray_exceptions and isinstance(e, ray_exceptions.RayTaskError) and e.cause is not None:
+        e = e.cause
+    return e
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line: its message's first line, pydantic's first error, or its type when it says nothing."""
+    if isinstance(e, pydantic.ValidationError) and e.errors():
+        err = e.errors()[0]
+        return f"{e.title}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
 def _user_errors(fn):
-    """Turn the errors a user can fix into one line on stderr and exit code 2."""
+    """Turn the errors a user can fix (ConfigError and DataError are ValueErrors) into one line on stderr and
+    exit code 2."""
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
-            click.echo(f"error: {e}", err=True)
+        except (ValueError, FileNotFoundError) as e:
+            click.echo(f"error: {_one_line(_remote_cause(e))}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -70,14 +92,14 @@ def main() -> None:
 @_user_errors
 def train(config_path, objective, model_name, domain_name, overrides, address):
     """Fine-tune one model on one domain with one objective (a Ray Train run)."""
-    from alphasweep.workers.progress import PrintProgress
-    from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
-
     cfg = load_config(config_path, list(overrides))
     obj = parse_objective(objective)
     model = _pick(cfg.models, model_name, "model")
     domain = _pick(cfg.domains, domain_name, "domain")
-    check_local_paths(cfg)
+    checks.validate(cfg.model_copy(update={"models": [model], "domains": [domain]}), checks.TRAIN_CHECKS)
+    from alphasweep.workers.progress import PrintProgress  # torch and Ray: after the checks
+    from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
+
     _init_ray(address)
     name = f"train-{model.name}-{domain.name}-{obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     click.echo(f"training {model.name} on {domain.name} with {obj.name} ({cfg.train_for(domain).steps} steps, "
@@ -92,41 +114,62 @@ def train(config_path, objective, model_name, domain_name, overrides, address):
 @click.argument("config_path", required=False, type=click.Path())
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted sweep: finished trials are kept, interrupted ones retried.")
-@click.option("--extend", type=int, default=0, metavar="N", help="Run N more trials per pair than are done.")
+@click.option("--extend", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run N (>= 1) more trials per pair than are done.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
 @click.option("--address", default=None, help="Ray cluster address (default: a local instance).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the demo's tiny base models (ignore the cache).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show Ray's, Tune's and the libraries' output on the console (by default it goes to "
+                   "OUTPUT_DIR/logs/sweep.log).")
 @_user_errors
-def sweep(config_path, resume, extend, overrides, address, rebuild):
+def sweep(config_path, resume, extend, overrides, address, rebuild, verbose):
     """Search the best objective per (model, domain) pair. No CONFIG: the embedded demo.
 
     The Optuna storage is the record of a sweep: running the same config again (or with --resume)
-    continues it and runs only the trials its budget still lacks.
+    continues it and runs only the trials its budget still lacks. The checks of `alphasweep validate`
+    run first: a bad input stops the sweep before Ray starts and before anything is written.
     """
-    from alphasweep.demo import prepare_demo
+    cfg = load_config(config_path or DEMO_CONFIG, list(overrides))
+    checks.validate(cfg)
+    import ray  # Ray, MLflow, torch: after the checks
+    from mlflow import MlflowClient
+
+    from alphasweep.console import quiet_console
     from alphasweep.orchestrator.report import build_report, format_table, plot_report
     from alphasweep.orchestrator.sweep import run_sweep
-    from alphasweep.orchestrator.tracking import check_reachable
+    from alphasweep.orchestrator.tracking import ui_command
 
-    cfg = load_config(config_path or DEMO_CONFIG, list(overrides))
-    if cfg.demo:
-        cfg = prepare_demo(cfg, rebuild=rebuild, log=_log)
-    check_local_paths(cfg)
-    check_reachable(cfg.mlflow_uri())
     started = time.time()
-    _init_ray(address)
-    run_sweep(cfg, resume=resume, extend=extend, log=_log)
-    report = build_report(cfg)
-    plots = plot_report(cfg, report, cfg.out / "plots")
+    log_path = cfg.out / "logs" / "sweep.log"
+    with quiet_console(log_path, verbose=verbose) as log:
+        log(f"sweep {cfg.name}: {len(cfg.pairs())} pair(s), {cfg.budget.trials_per_pair} trials each"
+            + ("" if verbose else f"; Ray's and the libraries' output: {_shown(log_path)}"))
+        if cfg.demo:
+            from alphasweep.demo import prepare_demo  # torch: only to build the demo
+
+            cfg = prepare_demo(cfg, rebuild=rebuild, log=log)
+        _init_ray(address)
+        try:
+            run_sweep(cfg, resume=resume, extend=extend or 0, log=log)
+            report = build_report(cfg)
+            plots = plot_report(cfg, report, cfg.out / "plots")
+            exp = MlflowClient(cfg.mlflow_uri()).get_experiment_by_name(cfg.name)
+        finally:
+            ray.shutdown()  # here, so that its last words go to the log too
+    serve, url = ui_command(cfg.mlflow_uri(), exp.experiment_id)
     click.echo("\n" + format_table(report))
-    click.echo(f"\nfinished in {time.time() - started:.0f} s")
-    click.echo(f"plots:          {', '.join(str(p) for p in plots)}")
-    click.echo(f"MLflow:         {cfg.mlflow_uri()}")
-    click.echo(f"Optuna storage: {cfg.optuna_storage()}")
-    if cfg.mlflow_uri().startswith("sqlite"):
-        click.echo(f"open the UI:    mlflow ui --backend-store-uri {cfg.mlflow_uri()}")
-    else:
-        click.echo(f"open the UI:    {cfg.mlflow_uri()}")
+    click.echo(f"\nfinished in {time.time() - started:.0f} s; full log: {_shown(log_path)}")
+    click.echo(f"plots:            {', '.join(_shown(p) for p in plots)}")
+    click.echo(f"MLflow:           {serve or 'tracking server ' + cfg.mlflow_uri()}")
+    click.echo(f"open the UI:      {url}")
+    click.echo(f"optuna-dashboard: alphasweep dashboard {_shown(cfg.out)}   (then http://127.0.0.1:8080)")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the current directory when it lies below it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 @main.command()
@@ -157,21 +200,43 @@ def _config_of(path: str | None) -> Path:
 
 
 @main.command()
-@click.option("--model", "model_path", required=True, help="Base model: local directory or hub id.")
+@click.argument("sweep_path", required=False, type=click.Path())
+@click.option("--port", type=int, default=8080, show_default=True, help="Port on 127.0.0.1.")
+@_user_errors
+def dashboard(sweep_path, port):
+    """Serve optuna-dashboard on a sweep's Optuna storage (OUTPUT_DIR or CONFIG; no argument: the demo's)."""
+    from optuna_dashboard import run_server
+
+    cfg = load_config(_config_of(sweep_path))
+    storage = cfg.optuna_storage()
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        raise ConfigError(f"{storage}: no Optuna storage there yet; run the sweep first")
+    click.echo(f"optuna-dashboard for sweep {cfg.name!r} on http://127.0.0.1:{port}/ (Ctrl-C to stop)")
+    run_server(storage, host="127.0.0.1", port=port)
+
+
+@main.command()
+@click.option("--model", "model_path", required=True,
+              help="Base model: a local directory (/..., ./..., ~/...) or a hub id, e.g. Qwen/Qwen2.5-Math-1.5B.")
 @click.option("--data", "data_path", required=True, help="SFT data: .jsonl/.json/.parquet file or hub id.")
 @click.option("--format", "fmt", type=click.Choice(["prompt_completion", "messages"]), default="prompt_completion",
               show_default=True)
 @click.option("--prompt-field", default="prompt", show_default=True)
 @click.option("--completion-field", default="completion", show_default=True)
-@click.option("--sample", default=256, show_default=True, help="Rows to probe.")
-@click.option("--max-length", default=256, show_default=True)
+@click.option("--sample", type=click.IntRange(min=1), default=256, show_default=True, help="Rows to probe.")
+@click.option("--max-length", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Tokens per row (prompt and completion).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_user_errors
 def probe(model_path, data_path, fmt, prompt_field, completion_field, sample, max_length, as_json):
     """Measure the base model's token probabilities on SFT data: its place on the continuum."""
-    from alphasweep.probe import probe_capability
-
+    problem = checks.model_dir_problem(model_path)
+    if problem:
+        raise ConfigError(f"--model: {problem}")
     spec = DataSpec(path=data_path, format=fmt, prompt_field=prompt_field, completion_field=completion_field)
+    checks.check_data(spec, "--data", checks.Findings())
+    from alphasweep.probe import probe_capability  # torch: after the checks
+
     result = probe_capability(model_path, spec, max_length=max_length, sample=sample)
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
@@ -188,15 +253,19 @@ def probe(model_path, data_path, fmt, prompt_field, completion_field, sample, ma
 @main.command("eval")
 @click.option("--checkpoint", required=True, help="Checkpoint directory (save_pretrained) or hub id.")
 @click.option("--benchmarks", required=True, help="Comma-separated names (gsm8k,math500,aime24,amc23) or files.")
-@click.option("--limit", type=int, default=None, help="At most N rows per benchmark.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N (>= 1) rows per benchmark.")
 @click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), default="auto", show_default=True)
-@click.option("--max-new-tokens", type=int, default=None, help="Generation length (default: the eval config's).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Generation length (default: the eval config's).")
 @click.option("--out", "out_path", type=click.Path(), default="eval_records.jsonl", show_default=True,
               help="Where to write the per-sample records.")
 @_user_errors
 def eval_(checkpoint, benchmarks, limit, backend, max_new_tokens, out_path):
     """Score a checkpoint on benchmarks; prints a table and writes per-sample records as jsonl."""
-    from alphasweep.evaluation.runner import format_table, run_eval
+    problem = checks.writable_problem(Path(out_path).expanduser().resolve().parent)
+    if problem:
+        raise ConfigError(f"--out: {problem}")
+    from alphasweep.evaluation.runner import format_table, run_eval  # torch: after the checks
 
     scores = run_eval(checkpoint, [b.strip() for b in benchmarks.split(",") if b.strip()], limit=limit,
                       backend=backend, max_new_tokens=max_new_tokens, out_path=out_path)
@@ -233,6 +302,7 @@ def submit(config_path, address, follow, status_of, stop_job, ship_project, over
         if not config_path:
             raise ConfigError("submit needs a CONFIG file (or --status JOB / --stop JOB)")
         cfg = load_config(config_path, list(overrides))
+        checks.validate(cfg, checks.CLUSTER_CHECKS)  # its paths and servers are the cluster's: checked there
         env = {k: os.environ[k] for k in jobs.PASSED_ENV if k in os.environ}
         job_id = jobs.submit(cfg, Path(config_path), address, ship_project=ship_project, env=env,
                              overrides=list(overrides))
@@ -247,8 +317,47 @@ def submit(config_path, address, follow, status_of, stop_job, ship_project, over
         sys.exit(1)
 
 
-def _log(msg: str) -> None:
-    click.echo(f"{time.strftime('%H:%M:%S')} {msg}")
+@main.command("validate")
+@click.argument("config_path", required=False, type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@click.option("--all", "all_errors", is_flag=True,
+              help=f"List every error found, not only the first (up to {checks.ROW_ERRORS_LISTED} bad rows a file).")
+@click.option("--cluster", is_flag=True,
+              help="Check as `submit` does: paths, databases and servers are the cluster's, so only the config, "
+                   "benchmark names and URL schemes are checked here.")
+@_user_errors
+def validate_(config_path, overrides, all_errors, cluster):
+    """Check a sweep config and all it names, without training and without starting Ray. No CONFIG: the demo's.
+
+    \b
+    Checked: the config's fields and cross-field rules (unique model, domain and
+    benchmark names); every row of every local data and benchmark file (file, line or
+    row, field, what was expected and what was found); benchmark names against the
+    registry; local model directories (a config.json and a tokenizer); the Optuna
+    storage and MLflow tracking URLs (scheme, server, database); that the output
+    directory can be written. Nothing is created or changed.
+
+    \b
+    Left to load time: hub ids (models, datasets, built-in benchmarks without a path),
+    which need the network. A path that looks local (/..., ./..., ../..., ~/..., a
+    .jsonl/.json/.parquet file, or more than one /) and does not exist is reported
+    missing; any other name that does not exist is taken for a hub id (name or org/name).
+    `demo:` paths are built when the sweep starts.
+
+    Prints a one-line summary and exits 0, or prints one line per error on stderr and exits 2.
+    `sweep`, `train` and `submit` run the same checks first.
+    """
+    try:
+        cfg = load_config(config_path or DEMO_CONFIG, list(overrides))
+        scope = checks.CLUSTER_CHECKS if cluster else checks.SWEEP_CHECKS
+        found = checks.validate(cfg, scope, all_errors=all_errors)
+    except ConfigError as e:
+        if not all_errors:
+            raise
+        for line in e.errors:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(2)
+    click.echo(found.summary())
 
 
 def _pick(items, name, kind):

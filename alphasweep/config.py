@@ -22,13 +22,18 @@ from pydantic import (
 )
 
 from alphasweep.objectives import FAMILIES, SPECS, parse_objective
-from alphasweep.rows import looks_local
 
 DEMO_PREFIX = "demo:"  # `demo:base`, `demo:TASK/train.jsonl`: what the embedded demo builds (demo.py)
 
 
 class ConfigError(ValueError):
-    """A user error in a config file or option: printed as one line, exit code 2."""
+    """A user error in a config file or option: printed as one line, exit code 2.
+
+    `errors` holds every error found, one line each, when there were several (`alphasweep validate --all`)."""
+
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 class _Strict(BaseModel):
@@ -306,6 +311,15 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "<top level>"
 
 
+def _error_text(err: dict[str, Any]) -> str:
+    """pydantic's message, with the value it found when that value is a plain one (not a whole section)."""
+    text = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if err["type"] != "missing" and isinstance(value, (str, int, float, bool)):
+        text += f", found {value!r}"
+    return text
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make relative local paths relative to the config file, so a config runs from any cwd."""
 
@@ -356,14 +370,18 @@ def parse_config(raw: Any, source: str = "<config>", overrides: list[str] = ()) 
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key.path=value")
-        set_dotted(raw, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {str(e).splitlines()[0]}") from None
+        set_dotted(raw, key.strip(), parsed)
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ConfigError(f"{source}: {_field_path(err['loc'])}: {msg}{more}") from None
+        lines = [f"{source}: {_field_path(err['loc']) + ': ' if err['loc'] else ''}{_error_text(err)}"
+                 for err in e.errors()]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise ConfigError(lines[0] + more, lines) from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
@@ -373,29 +391,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if isinstance(raw, dict):
         raw = _resolve_paths(raw, path.resolve().parent)
     return parse_config(raw, str(path), overrides)
-
-
-def _local(path: str) -> bool:
-    """A local path to check; `demo:` paths are the demo's, resolved when it is built."""
-    return not path.startswith(DEMO_PREFIX) and looks_local(path)
-
-
-def check_local_paths(cfg: SweepConfig) -> None:
-    """Before Ray starts: every model, data and benchmark path that names a local file must exist.
-
-    Not part of validation, because `submit` validates a config whose paths live on the cluster.
-    """
-    for i, m in enumerate(cfg.models):
-        if _local(m.path) and not Path(m.path).expanduser().exists():
-            raise ConfigError(f"models.{i}.path: model directory not found: {m.path}")
-    for i, d in enumerate(cfg.domains):
-        if _local(d.train.path) and not Path(d.train.path).expanduser().exists():
-            raise ConfigError(f"domains.{i}.train.path: data file not found: {d.train.path}")
-        for j, b in enumerate(d.benchmarks):
-            if b.path and _local(b.path) and not Path(b.path).expanduser().exists():
-                raise ConfigError(f"domains.{i}.benchmarks.{j}.path: benchmark file not found: {b.path}")

@@ -2,7 +2,7 @@
 
 Two row formats: `prompt_completion` (raw `prompt + completion + EOS`, as the base model reads text)
 and chat `messages` (rendered with the tokenizer's chat template; loss on every assistant turn).
-Bad rows raise a `DataError` naming the file, row and field, or are skipped and counted.
+Bad rows raise a `DataError` naming the file, line (or row) and field, or are skipped and counted.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alphasweep.config import DataSpec
-from alphasweep.rows import DataError, load_rows
+from alphasweep.rows import DataError, Row, check_sft_row, load_rows
 
 
 @dataclass
@@ -29,29 +29,9 @@ class SFTData:
     stats: dict[str, int] = field(default_factory=dict)  # rows, skipped, truncated
 
 
-def load_sft_rows(spec: DataSpec) -> list[dict]:
-    """The rows of the SFT data a spec names (see `alphasweep.rows.load_rows`)."""
+def load_sft_rows(spec: DataSpec) -> list[Row]:
+    """The rows of the SFT data a spec names, with their places (see `alphasweep.rows.load_rows`)."""
     return load_rows(spec.path, split=spec.split, subset=spec.subset, what="data")
-
-
-def _check_row(row: dict, spec: DataSpec) -> None:
-    if spec.format == "prompt_completion":
-        for name in (spec.prompt_field, spec.completion_field):
-            if name not in row or row[name] is None:
-                raise DataError(f"missing field {name!r}")
-            if not isinstance(row[name], str):
-                raise DataError(f"field {name!r}: expected a string, got {type(row[name]).__name__}")
-        if not row[spec.completion_field].strip():
-            raise DataError(f"field {spec.completion_field!r}: empty completion")
-        return
-    messages = row.get(spec.messages_field)
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"field {spec.messages_field!r}: expected a non-empty list of messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataError(f"field {spec.messages_field!r}[{i}]: expected {{role: str, content: str}}")
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise DataError(f"field {spec.messages_field!r}: no non-empty assistant message")
 
 
 def _encode_prompt_completion(row: dict, spec: DataSpec, tok) -> Example:
@@ -80,21 +60,21 @@ def _encode_messages(row: dict, spec: DataSpec, tok) -> Example:
     return Example(ids, mask)
 
 
-def tokenize_rows(rows: list[dict], tokenizer, spec: DataSpec, max_length: int,
+def tokenize_rows(rows: list[Row], tokenizer, spec: DataSpec, max_length: int,
                   source: str) -> tuple[list[Example], dict]:
-    """Validate and tokenize rows; truncate to `max_length` and count what was truncated or skipped."""
+    """Check and tokenize rows; truncate to `max_length` and count what was truncated or skipped."""
     if spec.format == "messages" and not tokenizer.chat_template:
         raise DataError(f"{source}: format 'messages' needs a tokenizer with a chat template")
     encode = _encode_prompt_completion if spec.format == "prompt_completion" else _encode_messages
     examples, skipped, truncated = [], 0, 0
-    for i, row in enumerate(rows):
+    for where, row in rows:
         try:
-            _check_row(row, spec)
+            check_sft_row(row, spec)
         except DataError as e:
             if spec.skip_bad_rows:
                 skipped += 1
                 continue
-            raise DataError(f"{source}: row {i}: {e}") from None
+            raise DataError(f"{source}: {where}: {e}") from None
         ex = encode(row, spec, tokenizer)
         if len(ex.input_ids) > max_length:
             truncated += 1

@@ -65,3 +65,30 @@ def plot_continuum(best_alpha: list[tuple[float, float, str]], path: str | Path)
            title="capability continuum")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_objective_scores(scores: dict[str, float], path: str | Path, *, title: str = "") -> Path:
+    """One pair's objectives: score against the place on the alpha axis, each point labelled with its
+    objective. Objectives without a cut (NLL, GeneralFamily, p) are joined in alpha order; cut objectives sit
+    at their loss's alpha as open diamonds."""
+    points = sorted(((parse_objective(name), score) for name, score in scores.items()),
+                    key=lambda p: (p[0].effective_alpha, p[1]))
+    fig = Figure(figsize=(7.0, 4.4))
+    ax = fig.subplots()
+    plain = [(o.effective_alpha, s) for o, s in points if o.spec.side is None]
+    cut = [(o.effective_alpha, s) for o, s in points if o.spec.side is not None]
+    if plain:
+        ax.plot(*zip(*plain, strict=True), "o-", color="tab:blue", label="no cut (NLL, GeneralFamily, p)")
+    if cut:
+        ax.plot(*zip(*cut, strict=True), "D", mfc="none", color="tab:orange", linestyle="none",
+                label="with a cut (at its loss's alpha)")
+    for i, (obj, score) in enumerate(points):
+        ax.annotate(obj.name, (obj.effective_alpha, score), fontsize=8, xytext=(5, 4 - 10 * (i % 2)),
+                    textcoords="offset points")
+    ax.set_xscale("symlog", linthresh=ALPHA_LINTHRESH)
+    ax.set(xlabel="alpha: W(p) = p^alpha (0 = NLL, 1 = p)", ylabel="score (mean benchmark accuracy)",
+           title=title or "score per objective")
+    ax.margins(x=0.15, y=0.12)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

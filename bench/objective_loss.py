@@ -81,37 +81,48 @@ def worker(args: argparse.Namespace) -> dict:
     return {"ms": 1e3 * min(times[1:]), "peak_mib": (_peak(device) - before) / 2**20, "loss": loss.item()}
 
 
+def measure(args: argparse.Namespace, vocab: int) -> dict[str, dict]:
+    """Every variant at one vocab size, each in a fresh subprocess: {variant: {ms, peak_mib, loss}}."""
+    common = [f"--device={args.device}", f"--dtype={args.dtype}", f"--tokens={args.tokens}"]
+    common += [f"--repeats={args.repeats}", f"--chunk-elements={args.chunk_elements}", f"--threads={args.threads or 0}"]
+    results = {}
+    for variant in VARIANTS:
+        command = [sys.executable, __file__, f"--variant={variant}", f"--vocab={vocab}", *common]
+        done = subprocess.run(command, check=False, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{variant} at vocab {vocab} failed:\n{done.stderr[-3000:]}")
+        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
+    """The bench's options; `parser().parse_args([...])` gives `measure` its settings."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--vocabs", type=int, nargs="+", default=[32768, 152064])
+    ap.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up; the best counts")
+    ap.add_argument("--chunk-elements", type=int, default=CHUNK_ELEMENTS, help="eager path only (no Triton)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 steadies a busy CPU")
+    ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set in subprocesses
+    ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    return ap
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--vocabs", type=int, nargs="+", default=[32768, 152064])
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up; the best counts")
-    parser.add_argument("--chunk-elements", type=int, default=CHUNK_ELEMENTS, help="eager path only (no Triton)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 steadies a busy CPU")
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set in subprocesses
-    parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser().parse_args()
     if args.variant:
         print(json.dumps(worker(args)))
         return
 
-    common = [f"--device={args.device}", f"--dtype={args.dtype}", f"--tokens={args.tokens}"]
-    common += [f"--repeats={args.repeats}", f"--chunk-elements={args.chunk_elements}", f"--threads={args.threads or 0}"]
     print(
         f"device={args.device} dtype={args.dtype} tokens={args.tokens} chunk_elements={args.chunk_elements}"
         f" threads={args.threads or torch.get_num_threads()}"
     )
     print(f"{'variant':<15} {'vocab':>7} {'ms':>9} {'peak MiB':>9} {'x CE time':>9} {'x naive mem':>11} {'loss':>8}")
     for vocab in args.vocabs:
-        results = {}
-        for variant in VARIANTS:
-            command = [sys.executable, __file__, f"--variant={variant}", f"--vocab={vocab}", *common]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"{variant} at vocab {vocab} failed:\n{done.stderr}")
-            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        results = measure(args, vocab)
         ce, naive = results["cross_entropy"], results["naive_fp32"]
         for variant, r in results.items():
             time_ratio, mem_ratio = r["ms"] / ce["ms"], r["peak_mib"] / naive["peak_mib"]

@@ -17,9 +17,10 @@
     outside the grid the nearest end. Seed noise: each proposal is answered from the curve of one seed
     drawn at random, so a strategy sees the between-seed noise the grid measured; whether it has found the
     best is judged on the mean over seeds. A strategy has found the best at the first trial whose objective
-    is within 1 point of the grid's best mean score. Strategies: alphasweep (the config's `enqueue`, the
-    probe's suggestions, then TPE, as `alphasweep sweep` runs a pair), TPE without the warm start, random
-    (Optuna's RandomSampler over the same space), and the grid in its own order.
+    is within 1 point of the grid's best mean score. Strategies: alphasweep (the probe's suggestions, the
+    config's `enqueue`, then TPE, as `alphasweep sweep` runs a pair), TPE without the warm start, random
+    (Optuna's RandomSampler over the same space), and the grid in its own order. Every sampler goes through
+    `PairSearch`'s `ObjectiveSampler`, as in a sweep: no strategy spends a trial on an objective it has run.
 
 Prints, per pair and strategy, the trials needed (median, 90th percentile) and as a share of the grid's
 size; the last line is the summary the README quotes.
@@ -152,7 +153,7 @@ def trials_to_best(strategy: str, search: SearchSpec, answers: Answers, suggesti
     points = warm_points(search, suggestions) if strategy == "alphasweep" else None
     sampler = optuna.samplers.RandomSampler(seed=rep) if strategy == "random" else search_sampler(rep)
     searcher = PairSearch(SearchSpace(search), metric="score", mode="max", points_to_evaluate=points,
-                          sampler=sampler, study_name=f"replay-{rep}", constants={})
+                          sampler=sampler, seed=rep, study_name=f"replay-{rep}", constants={})
     for i in range(1, cap + 1):
         config = searcher.suggest(str(i))
         if answers.value(config, None) >= answers.best - WITHIN:

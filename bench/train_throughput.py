@@ -4,11 +4,13 @@
 
 Both sides time the same steady-state window (after a warm-up) of forward + objective + backward +
 AdamW steps at the same thread count; the Ray figure is what the worker itself reports. Target: >= 0.9.
+On a GPU (bench/gpu/check.py) both run with the loop's bf16 autocast and micro-batches.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -28,31 +30,47 @@ from alphasweep.tinykit import build_base
 from alphasweep.workers.trainer import build_trainer
 
 
-def plain_loop(model_path: str, data: DataSpec, tc: TrainConfig, objective: str, warmup: int) -> float:
+def plain_loop(model_path: str, data: DataSpec, tc: TrainConfig, objective: str, warmup: int,
+               device: str = "cpu") -> float:
+    """Target tokens/s of steps `warmup`..`tc.steps`: the loop's work (micro-batches of `tc.micro_batch_size`,
+    bf16 autocast on CUDA, AdamW, clipping) without Ray."""
     torch.manual_seed(tc.seed)
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     rows = load_sft_data(data, tok, tc.max_length, seed=tc.seed).train
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay, betas=(0.9, 0.95))
     obj = parse_objective(objective)
+    micro = min(tc.micro_batch_size or tc.batch_size, tc.batch_size)
+    bf16 = device.startswith("cuda") and tc.bf16
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     tokens, started = 0, 0.0
     for step in range(tc.steps):
         if step == warmup:
+            _sync(device)
             tokens, started = 0, time.perf_counter()
-        i = step * tc.batch_size % (len(rows) - tc.batch_size)
-        batch = collate(rows[i : i + tc.batch_size], tok.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = objective_loss(logits, batch["labels"], batch["loss_mask"], obj)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        i = step * tc.batch_size % (len(rows) - tc.batch_size + 1)
+        for k in range(0, tc.batch_size - micro + 1, micro):
+            batch = collate(rows[i + k : i + k + micro], tok.pad_token_id)
+            tokens += int(batch["loss_mask"].sum())
+            batch = {name: t.to(device) for name, t in batch.items()}
+            with autocast:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = objective_loss(logits, batch["labels"], batch["loss_mask"], obj)
+            (loss * micro / tc.batch_size).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
-        tokens += int(batch["loss_mask"].sum())
+        opt.zero_grad(set_to_none=True)
+    _sync(device)
     return tokens / (time.perf_counter() - started)
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def ray_worker(model_path: str, data: DataSpec, tc: TrainConfig, objective: str, warmup: int, root: Path) -> float:
-    ray.init(num_cpus=int(tc.cpus_per_worker), include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=int(tc.cpus_per_worker * max(1, tc.workers)), include_dashboard=False, log_to_driver=False)
     result = build_trainer(model_path=model_path, data=data, train=tc, objective=objective,
                            storage_path=str(root / "ray"), name="throughput").fit()
     ray.shutdown()

@@ -9,6 +9,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No test reaches the Hugging Face hub: a hub id fails at once instead of waiting on the network. Set before
+# the test Ray cluster starts, so its workers run offline too.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import ray

@@ -57,13 +57,13 @@ def test_truncation_is_counted_and_parquet_loads(tok, tmp_path):
 
 
 @pytest.mark.parametrize("row, field", [
-    ({"prompt": "1+1="}, "missing field 'completion'"),
-    ({"prompt": "1+1=", "completion": "  "}, "field 'completion': empty completion"),
-    ({"prompt": 5, "completion": "2"}, "field 'prompt': expected a string, got int"),
+    ({"prompt": "1+1="}, r"missing field 'completion' \(the row has 'prompt'\)"),
+    ({"prompt": "1+1=", "completion": "  "}, "field 'completion': expected a non-empty completion, found '  '"),
+    ({"prompt": 5, "completion": "2"}, "field 'prompt': expected a string, found int 5"),
 ])
-def test_bad_rows_name_file_row_and_field_or_are_skipped(tok, tmp_path, row, field):
+def test_bad_rows_name_file_line_and_field_or_are_skipped(tok, tmp_path, row, field):
     path = _write(tmp_path / "bad.jsonl", [{"prompt": "1+1=", "completion": "2"}, row])
-    with pytest.raises(DataError, match=rf"bad.jsonl: row 1: {field}"):
+    with pytest.raises(DataError, match=rf"bad.jsonl: line 2: {field}"):
         tokenize_rows(load_sft_rows(DataSpec(path=str(path))), tok, DataSpec(path=str(path)), 64, str(path))
     spec = DataSpec(path=str(path), skip_bad_rows=True)
     examples, stats = tokenize_rows(load_sft_rows(spec), tok, spec, 64, str(path))
@@ -81,6 +81,23 @@ def test_missing_file_and_packing(tok, tmp_path):
     assert sum(sum(p.loss_mask) for p in packed) == sum(sum(e.loss_mask) for e in examples)
 
 
+def test_rows_keep_their_values_and_their_place_in_the_file(tmp_path):
+    """No type coercion (a number stays a number beside strings) and 1-based places: JSON Lines by line
+    (blank lines counted), a JSON list (or an object holding one) by row; a .json of JSON Lines reads as lines."""
+    lines = tmp_path / "d.jsonl"
+    lines.write_text('{"completion": "19"}\n\n{"completion": 4}\n')
+    assert load_rows(str(lines)) == [("line 1", {"completion": "19"}), ("line 3", {"completion": 4})]
+    wrapped = tmp_path / "w.json"
+    wrapped.write_text(json.dumps({"version": 2, "data": [{"completion": "19"}, {"completion": 4}]}))
+    assert load_rows(str(wrapped)) == [("row 1", {"completion": "19"}), ("row 2", {"completion": 4})]
+    as_lines = tmp_path / "l.json"
+    as_lines.write_text('{"completion": "19"}\n{"completion": 4}\n')
+    assert [where for where, _ in load_rows(str(as_lines))] == ["line 1", "line 2"]
+    (tmp_path / "folder").mkdir()
+    _write(tmp_path / "folder" / "train.jsonl", [{"completion": "1"}])
+    assert load_rows(str(tmp_path / "folder")) == [("line 1", {"completion": "1"})]
+
+
 def test_rows_from_files_folders_wrapped_json_and_home_paths(tmp_path, monkeypatch):
     """One reader for SFT data and benchmarks: `~` is expanded everywhere, a folder gives its split's file,
     a JSON object holding one list of rows gives the rows, and an unreadable file names itself."""
@@ -89,8 +106,8 @@ def test_rows_from_files_folders_wrapped_json_and_home_paths(tmp_path, monkeypat
     (tmp_path / "folder").mkdir()
     _write(tmp_path / "folder" / "test.jsonl", rows)
     (tmp_path / "wrapped.json").write_text(json.dumps({"version": 1, "data": rows}))
-    assert load_rows("~/folder", split="test") == rows
-    assert load_rows("~/wrapped.json") == rows
+    assert [row for _, row in load_rows("~/folder", split="test")] == rows
+    assert [row for _, row in load_rows("~/wrapped.json")] == rows
     assert all(map(looks_local, ["~/x.jsonl", "./x", "/x", "x.parquet", "runs/demo/checkpoint"]))
     assert not any(map(looks_local, ["gsm8k", "openai/gsm8k", "Qwen/Qwen2.5-Math-1.5B"]))
     with pytest.raises(FileNotFoundError, match="benchmark file not found: ~/nope.jsonl"):
@@ -98,5 +115,5 @@ def test_rows_from_files_folders_wrapped_json_and_home_paths(tmp_path, monkeypat
     with pytest.raises(FileNotFoundError, match="holds no train.jsonl"):
         load_rows("~/folder")
     (tmp_path / "broken.jsonl").write_text('{"prompt": "1+1="}\n{"prompt": \n')
-    with pytest.raises(DataError, match=r"cannot load data ~/broken.jsonl: .*JSON"):
+    with pytest.raises(DataError, match=r"broken.jsonl: line 2: not valid JSON"):
         load_rows("~/broken.jsonl")

@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from alphasweep.config import SearchSpec, SweepConfig
 from alphasweep.orchestrator.repeats import RepeatSearch, missing_confirmations, missing_seeds, pending
-from alphasweep.orchestrator.results import load_study, pair_summary, repeats_study_name
-from alphasweep.orchestrator.space import PairSearch, SearchSpace, objective_of, point_of
+from alphasweep.orchestrator.results import load_study, objective_table, pair_summary, repeats_study_name
+from alphasweep.orchestrator.space import MLFLOW_RUN, PairSearch, SearchSpace, objective_of, point_of
 from alphasweep.orchestrator.sweep import fail_stale_trials
 from alphasweep.stats import Outcomes
 
@@ -41,6 +41,7 @@ def _search(storage, cfg: SweepConfig, rng) -> optuna.Study:
                           sampler=optuna.samplers.TPESampler(seed=0), constants={"seed": cfg.sweep_seeds()[0]})
     for i in range(len(search.enqueue)):
         config = searcher.suggest(f"s{i}")
+        searcher.annotate(f"s{i}", MLFLOW_RUN, f"run of {objective_of(config).name}")
         searcher.on_trial_complete(f"s{i}", _result(config, rng))
     return load_study(storage, NAME)
 
@@ -52,6 +53,7 @@ def _repeat(storage, todo, rng, fail: str | None = None) -> optuna.Study:
     searcher = RepeatSearch(study, todo, constants={"train_learning_rate": 1e-3})
     for i in range(len(todo)):
         config = searcher.suggest(f"r{i}")
+        searcher.annotate(f"r{i}", MLFLOW_RUN, f"run of a repeat of {objective_of(config).name}")
         assert config["seed"] == todo[i].seed and config["stage"] == todo[i].stage
         crashed = objective_of(config).name == fail
         searcher.on_trial_complete(f"r{i}", None if crashed else _result(config, rng), error=crashed)
@@ -92,6 +94,15 @@ def test_seeds_then_confirmation_choose_the_best_by_its_mean_and_keep_the_sample
     assert nll["std"] == pytest.approx(np.std(list(nll["seeds"].values()), ddof=1))
     assert nll["ci_method"] == "t over seeds and bootstrap over items" and nll["ci"][0] < nll["score"] < nll["ci"][1]
     assert summary["scores"] == {n: o["score"] for n, o in summary["objectives"].items()}
+    # MLflow's results table: the summary's means with their intervals beside them, linked to the search runs
+    rows = objective_table(summary)
+    assert [r["objective"] for r in rows] == list(summary["objectives"]) and rows[0]["objective"] == best
+    for r in rows:
+        o = summary["objectives"][r["objective"]]
+        assert ([r["score"], [r["ci_low"], r["ci_high"]], r["seeds"]]) == [o["score"], o["ci"], len(o["seeds"])]
+        assert r["mlflow_run_id"] == f"run of {r['objective']}"
+    assert rows[0]["seeds"] == 4 and list(rows[0])[:4] == ["objective", "score", "ci_low", "ci_high"]
+    assert repeats.trials[0].user_attrs[MLFLOW_RUN].startswith("run of a repeat of ")
 
     # ahead of NLL by ~27 points on every seed: decided; p and GeneralFamily-4 (2 points apart): a tie
     vs_nll, vs_up = summary["vs_nll"], summary["vs_runner_up"]

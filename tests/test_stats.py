@@ -36,7 +36,8 @@ def test_t_interval_over_seeds_matches_the_textbook_formula():
     one = over_seeds([0.4])
     assert one.mean == 0.4 and one.std == 0 and one.interval is None
     two = over_seeds([0.95, 0.99], bounds=(0, 1))  # t(0.975, 1) = 12.7: far past 1, cut at the bound
-    assert two.interval.high == 1 and two.interval.low == pytest.approx(0.97 - 12.7062 * 0.02, abs=1e-4)  # std 0.02 * sqrt(2), over sqrt(2)
+    # half width: t * std / sqrt(n) = 12.7062 * (0.02 * sqrt(2)) / sqrt(2)
+    assert two.interval.high == 1 and two.interval.low == pytest.approx(0.97 - 12.7062 * 0.02, abs=1e-4)
 
 
 def test_exact_mcnemar_p_values_and_the_matching_interval():

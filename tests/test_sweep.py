@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from alphasweep.config import SearchSpec
+from alphasweep.objectives import parse_objective
 from alphasweep.orchestrator.space import objective_of, warm_points
 from alphasweep.synthetic import write_task_files
 from local_services import mlflow_server as mlflow_server_at
@@ -93,8 +94,12 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
     children = [r for r in runs if r.data.tags.get("alphasweep.kind") == "trial"]
     assert len(parents) == 2 and len(children) == 6
     parent_ids = {r.info.run_id for r in parents}
+    client = MlflowClient(mlflow_server)
     for r in children:
-        assert set(r.data.params) == {"objective", "family", "alpha", "threshold", "learning_rate"}
+        # alpha, a number, on every run (the UI plots every run against it); no threshold without a cut
+        assert set(r.data.params) == {"objective", "family", "alpha", "learning_rate"}
+        assert float(r.data.params["alpha"]) == parse_objective(r.data.params["objective"]).effective_alpha
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "score")] == [8]  # the last step
         assert r.data.tags["mlflow.parentRunId"] in parent_ids
         assert {"model", "domain", "tune_trial_id", "optuna_trial"} <= set(r.data.tags)
         assert "score" in r.data.metrics and "loss" in r.data.metrics and r.info.status == "FINISHED"
@@ -135,6 +140,16 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         assert pair["verdict"].startswith("best: " if pair["decided"] else "tie: ")
         parent = next(r for r in parents if r.data.tags["domain"] == pair["domain"])
         assert parent.data.tags["verdict"] == pair["verdict"] and f"{pair['domain']}: {pair['verdict']}" in proc.stdout
+        # the parent's results table: the mean over seeds with its interval beside it, best first
+        (tmp_path / pair["domain"]).mkdir()
+        table = json.loads(Path(client.download_artifacts(parent.info.run_id, "results.json",
+                                                          str(tmp_path / pair["domain"]))).read_text())
+        assert table["columns"][:5] == ["objective", "score", "ci_low", "ci_high", "seeds"]
+        rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+        assert [r["objective"] for r in rows] == list(pair["objectives"]) and rows[0]["objective"] == best
+        for r in rows:
+            assert [r["score"], [r["ci_low"], r["ci_high"]]] == pytest.approx(
+                [pair["scores"][r["objective"]], pair["objectives"][r["objective"]]["ci"]])
 
 
 def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, tiny_model, addition_files,
@@ -153,13 +168,14 @@ def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, t
     config.write_text(yaml.safe_dump(raw))
     proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"trial #1 p: stopped early at step 4\b", proc.stdout), proc.stdout[-3000:]
+    assert re.search(r"#1 p: stopped early at step 4\b", proc.stdout), proc.stdout[-3000:]
 
     study = optuna.load_study(study_name="tiny/addition", storage=f"sqlite:///{tmp_path}/out/optuna.db")
-    by_family = {t.params["family"]: t for t in study.trials if "skipped" not in t.user_attrs}
+    by_family = {t.params["family"]: t for t in study.trials}
     states = [(t.number, t.params, t.state) for t in study.trials]
     assert by_family["nll"].state == TrialState.COMPLETE and by_family["nll"].value is not None, states
-    assert by_family["p"].state == TrialState.PRUNED and by_family["p"].value is None
+    # a stopped trial's value is its last signal, the held-out NLL negated: below any accuracy
+    assert by_family["p"].state == TrialState.PRUNED and by_family["p"].value < 0
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
 
     runs = {r.data.params["objective"]: r for r in _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
@@ -205,7 +221,7 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
     runs = _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3, proc.stdout[-3000:]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     finished = [r for r in runs if r.data.tags.get("alphasweep.kind") == "trial" and r.info.status == "FINISHED"]
     numbers = [r.data.tags["optuna_trial"] for r in finished]
@@ -215,6 +231,19 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = optuna.load_study(study_name="tiny/addition", storage=storage).get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 4
+
+    # A broken input given to --resume over the finished sweep changes nothing, byte for byte: it is stopped
+    # before Ray starts. (A broken benchmark file used to pass, and the pair's run was reopened and re-logged.)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "1+1=", "completion": "2", "answer": "2"}\n{"prompt": \n')
+    stores = [tmp_path / "out" / name for name in ("optuna.db", "mlflow.db", "sweep.yaml")]
+    before = [p.read_bytes() for p in stores]
+    for field in ("domains.0.train.path", "domains.0.benchmarks.0.path"):
+        proc = _cli("sweep", str(config), "--resume", "--set", f"{field}={broken}", env=_ray_env(ray_local),
+                    timeout=300)
+        assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"{broken}: line 2: not valid JSON" in proc.stderr.strip().splitlines()[-1], proc.stderr
+        assert [p.read_bytes() for p in stores] == before, field
 
 
 def test_seeds_and_a_confirmation_stage_survive_a_kill_resume_and_extend(ray_local, tmp_path, tiny_model,
@@ -298,5 +327,4 @@ def test_bad_sweep_config_fails_before_any_trial(tmp_path, tiny_model, addition_
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert not (tmp_path / "out" / "optuna.db").exists() or not optuna.get_all_study_summaries(
-        f"sqlite:///{tmp_path}/out/optuna.db")
+    assert not (tmp_path / "out").exists()  # stopped before anything was written

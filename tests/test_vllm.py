@@ -198,7 +198,7 @@ def test_a_sweep_with_the_vllm_backend_end_to_end(ray_local, tmp_path, models, a
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run([sys.executable, "-m", "alphasweep.cli", "sweep", str(config)], capture_output=True,
                           text=True, env=env, timeout=1800)
-    out = proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr + (tmp_path / "out" / "logs" / "sweep.log").read_text()  # workers' lines: the log
     assert proc.returncode == 0, out[-4000:]
     assert "best objective" in proc.stdout
     # The first trial's evaluation started the engine (its log line reaches the driver long before the

@@ -31,7 +31,7 @@ from typing import Any
 
 from alphasweep.config import BenchmarkSpec
 from alphasweep.evaluation.scorers import OPTION_LETTERS, normalize_math_gold
-from alphasweep.rows import load_rows, looks_local
+from alphasweep.rows import DataError, found, load_rows, looks_local, read_local
 
 __all__ = [
     "BUILTIN_BENCHMARKS",
@@ -42,9 +42,12 @@ __all__ = [
     "Format",
     "benchmark_from_string",
     "known_benchmarks",
+    "benchmark_format",
+    "benchmark_source",
     "load_benchmark",
     "render_prompt",
     "resolve_spec",
+    "row_item",
 ]
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -182,8 +185,10 @@ def _infer_format(path: Path) -> str | None:
         if name in BUILTIN_BENCHMARKS:
             return BUILTIN_BENCHMARKS[name].format
     try:
-        row = load_rows(str(path), what="benchmark")[0]
-    except (OSError, ValueError, IndexError):  # unreadable or empty: the real load reports the problem
+        row = read_local(path, limit=1)[0].value
+    except (DataError, OSError):  # the real load reports the problem
+        return None
+    if not isinstance(row, dict):
         return None
     if "options" in row or "choices" in row:
         return "choice"
@@ -251,49 +256,65 @@ def _pick_field(row: dict, candidates: Iterable[str]) -> str:
     for name in candidates:
         if name in row and row[name] is not None:
             return name
-    raise ValueError(f"missing field {' / '.join(repr(c) for c in candidates)}")
+    raise ValueError(f"missing field {' / '.join(repr(c) for c in candidates)} "
+                     f"(the row has {', '.join(map(repr, row)) or 'no fields'})")
+
+
+def benchmark_format(spec: BenchmarkSpec) -> tuple[Format, str]:
+    """The format of a resolved spec's rows and the name of its scorer."""
+    builtin = BUILTIN_BENCHMARKS.get(spec.name)
+    fmt = FORMATS[spec.format or (builtin.format if builtin else _SCORER_FORMAT[spec.scorer])]
+    return fmt, spec.scorer or fmt.scorer
+
+
+def row_item(spec: BenchmarkSpec, fmt: Format, row: Any) -> tuple[str, str]:
+    """One row's (message, gold); a ValueError names the field that is missing or wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, found {found(row)}")
+    if spec.template:
+        try:
+            message = spec.template.format(**row)
+        except (KeyError, IndexError) as e:
+            raise ValueError(f"template refers to a missing field {e}") from None
+    else:
+        message = fmt.message(row, _pick_field(row, (spec.prompt_field,) if spec.prompt_field else fmt.prompt_fields))
+    answer_field = spec.answer_field or fmt.answer_field
+    if answer_field not in row:
+        raise ValueError(f"missing field {answer_field!r} (the row has {', '.join(map(repr, row)) or 'no fields'})")
+    if row[answer_field] is None:
+        raise ValueError(f"field {answer_field!r}: expected an answer, found null")
+    return message, fmt.gold(row[answer_field], row)
+
+
+def benchmark_source(spec: BenchmarkSpec) -> tuple[str, str, str | None]:
+    """Where a resolved spec's rows come from: (path or hub id, split, subset)."""
+    if spec.path:
+        return spec.path, spec.split, spec.subset
+    builtin = BUILTIN_BENCHMARKS[spec.name]
+    split = spec.split if "split" in spec.model_fields_set else builtin.split
+    subset = spec.subset if "subset" in spec.model_fields_set else builtin.subset
+    return builtin.hub, split, subset
 
 
 def load_benchmark(spec: BenchmarkSpec | dict | str, limit: int | None = None) -> Benchmark:
     """Resolve the spec, read its rows (the first `limit`, or `spec.limit`, whichever is smaller) and
-    turn them into (message, gold) items. Row problems raise ValueError naming the source, row, field."""
+    turn them into (message, gold) items. Row problems raise ValueError naming the source, line, field."""
     spec = resolve_spec(spec)
-    builtin = BUILTIN_BENCHMARKS.get(spec.name)
-    fmt_name = spec.format or (builtin.format if builtin else _SCORER_FORMAT[spec.scorer])
-    fmt = FORMATS[fmt_name]
-    scorer = spec.scorer or fmt.scorer
-    if spec.path:
-        source, split, subset = spec.path, spec.split, spec.subset
-    else:
-        source = builtin.hub
-        split = spec.split if "split" in spec.model_fields_set else builtin.split
-        subset = spec.subset if "subset" in spec.model_fields_set else builtin.subset
+    fmt, scorer = benchmark_format(spec)
+    source, split, subset = benchmark_source(spec)
     rows = load_rows(source, split=split, subset=subset, what="benchmark")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     caps = [c for c in (limit, spec.limit) if c is not None]
     if caps:
         rows = rows[: min(caps)]
-    prompt_fields = (spec.prompt_field,) if spec.prompt_field else fmt.prompt_fields
-    answer_field = spec.answer_field or fmt.answer_field
     items = []
-    for i, row in enumerate(rows):
+    for i, (where, row) in enumerate(rows):
         try:
-            if not isinstance(row, dict):
-                raise ValueError(f"expected an object, got {type(row).__name__}")
-            if spec.template:
-                try:
-                    message = spec.template.format(**row)
-                except (KeyError, IndexError) as e:
-                    raise ValueError(f"template refers to a missing field {e}") from None
-            else:
-                message = fmt.message(row, _pick_field(row, prompt_fields))
-            if answer_field not in row or row[answer_field] is None:
-                raise ValueError(f"missing field {answer_field!r}")
-            gold = fmt.gold(row[answer_field], row)
+            message, gold = row_item(spec, fmt, row)
         except ValueError as e:
-            raise ValueError(f"benchmark {spec.name!r} ({source}): row {i}: {e}") from None
+            raise ValueError(f"benchmark {spec.name!r} ({source}): {where}: {e}") from None
         items.append(BenchmarkItem(index=i, message=message, gold=gold))
-    if not items:
-        raise ValueError(f"benchmark {spec.name!r} ({source}): no rows")
     use_chat = fmt.chat_by_default if spec.use_chat_template is None else spec.use_chat_template
     return Benchmark(name=spec.name, scorer=scorer, use_chat_template=use_chat, templated=bool(spec.template),
                      items=items, source=source)

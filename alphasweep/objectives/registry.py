@@ -82,6 +82,11 @@ class FamilySpec:
     def range(self) -> ParamRange | None:
         return None if self.param is None else RANGES[self.param]
 
+    @property
+    def fixed_alpha(self) -> float | None:
+        """The family's place on the alpha axis where the family fixes it (every family but the general one)."""
+        return None if self.loss == "general" else _LOSS_ALPHA[self.loss]
+
 
 SPECS: dict[str, FamilySpec] = {
     "nll": FamilySpec("original", "logp"),
@@ -159,7 +164,7 @@ class Objective:
     def effective_alpha(self) -> float:
         """Where the objective sits on the alpha axis: the exponent of its W(p) (NLL 0, `p` and `dft` 1,
         GeneralFamily its alpha, a cut family its loss's)."""
-        return self.alpha if self.spec.loss == "general" else _LOSS_ALPHA[self.spec.loss]
+        return self.alpha if self.spec.fixed_alpha is None else self.spec.fixed_alpha
 
     def params(self) -> dict[str, str | float | None]:
         """Flat parameters for experiment tracking (the same keys for every family)."""

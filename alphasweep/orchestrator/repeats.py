@@ -83,6 +83,11 @@ class RepeatSearch(Searcher):
         self._live[trial_id] = trial
         return {**repeat.config(), **self._constants, "optuna_trial": trial.number}
 
+    def annotate(self, trial_id: str, key: str, value) -> None:
+        """A user attribute on the repeat's trial (e.g. its MLflow run id)."""
+        if trial_id in self._live:
+            self._live[trial_id].set_user_attr(key, value)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial = self._live.pop(trial_id)
         if result and result.get("score") is not None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from alphasweep.orchestrator.space import ITEMS, SEED, SKIPPED, objective_of
+from alphasweep.objectives import parse_objective
+from alphasweep.orchestrator.space import ITEMS, MLFLOW_RUN, SEED, objective_of
 from alphasweep.stats import Outcomes, SeedSummary, compare, over_seeds
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # ran to the end, or stopped early by the scheduler
@@ -77,6 +78,7 @@ class Candidate:
     objective: str
     params: dict
     trial: int  # the search trial that first ran it
+    mlflow_run: str | None = None  # that trial's MLflow run
     runs: dict[int | None, Run] = field(default_factory=dict)  # seed -> run (None: recorded before seeds)
     confirmed: bool = False  # a finalist of the confirmation stage
 
@@ -104,7 +106,7 @@ def candidates(search: optuna.Study, repeats: optuna.Study | None = None) -> lis
     by_trial: dict[int, Candidate] = {}
     for t in _complete(search):
         key = (objective_name(t), t.params.get("learning_rate"))
-        c = by_key.setdefault(key, Candidate(key[0], dict(t.params), t.number))
+        c = by_key.setdefault(key, Candidate(key[0], dict(t.params), t.number, t.user_attrs.get(MLFLOW_RUN)))
         c.runs.setdefault(t.user_attrs.get(SEED), Run.of(t))
         by_trial[t.number] = c
     for t in _complete(repeats):
@@ -118,6 +120,15 @@ def candidates(search: optuna.Study, repeats: optuna.Study | None = None) -> lis
 def ranked(cands: list[Candidate]) -> list[Candidate]:
     """Best first by the mean over all of their seeds; after a confirmation stage its finalists come first."""
     return sorted(cands, key=lambda c: (not c.confirmed, -c.summary().mean))
+
+
+def _per_objective(order: list[Candidate]) -> list[Candidate]:
+    """The first candidate of each objective in `order`: an objective run with several learning rates shows
+    its best."""
+    first: dict[str, Candidate] = {}
+    for c in order:
+        first.setdefault(c.objective, c)
+    return list(first.values())
 
 
 def comparison(a: Candidate, b: Candidate) -> dict | None:
@@ -135,21 +146,20 @@ def pair_summary(study: optuna.Study, model: str, domain: str, repeats: optuna.S
     """The pair's objectives over their seeds, the best one, and how sure that is.
 
     `scores[name]` is an objective's mean over its seeds; `objectives[name]` adds its spread, its 95%
-    interval and its per-seed scores. The best is the first of `ranked`; `vs_nll` and `vs_runner_up` are
-    paired comparisons (difference, interval) with NLL and with the second; `decided` says whether the
-    interval of `vs_runner_up` excludes 0, and `verdict` says it in a sentence.
+    interval, its per-seed scores and the MLflow run of its search trial. The best is the first of `ranked`;
+    `vs_nll` and `vs_runner_up` are paired comparisons (difference, interval) with NLL and with the second;
+    `decided` says whether the interval of `vs_runner_up` excludes 0, and `verdict` says it in a sentence.
     """
     order = ranked(candidates(study, repeats))
     objectives: dict[str, dict] = {}
-    for c in order:  # an objective run with several learning rates shows its best
-        if c.objective not in objectives:
-            s = c.summary()
-            ci, method = c.interval()
-            objectives[c.objective] = {
-                "score": s.mean, "std": s.std, "ci": ci, "ci_method": method,
-                "seeds": {str(seed): r.score for seed, r in c.runs.items()},
-                "n_items": next((r.outcomes.n for r in c.runs.values() if r.outcomes), None),
-                "confirmed": c.confirmed}
+    for c in _per_objective(order):
+        s = c.summary()
+        ci, method = c.interval()
+        objectives[c.objective] = {
+            "score": s.mean, "std": s.std, "ci": ci, "ci_method": method,
+            "seeds": {str(seed): r.score for seed, r in c.runs.items()},
+            "n_items": next((r.outcomes.n for r in c.runs.values() if r.outcomes), None),
+            "confirmed": c.confirmed, "mlflow_run_id": c.mlflow_run}
     best = order[0] if order else None
     nll = next((c for c in order if c.objective == NLL), None)
     vs_nll = comparison(best, nll) if best and nll and nll is not best else None
@@ -168,7 +178,7 @@ def pair_summary(study: optuna.Study, model: str, domain: str, repeats: optuna.S
         "seeds": sorted({s for c in order for s in c.runs if s is not None}),
         "trials": len(_complete(study)),
         "stopped_early": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
-        "failed": sum(SKIPPED not in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+        "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
     }
     summary["verdict"] = verdict(summary, len(order))
     return summary
@@ -205,3 +215,15 @@ def verdict(summary: dict, objectives: int) -> str:
 def alpha_points(search: optuna.Study, repeats: optuna.Study | None = None) -> list[tuple[float, float]]:
     """(place on the alpha axis, mean score over seeds) of the pair's objectives, sorted by alpha."""
     return sorted((objective_of(c.params).effective_alpha, c.summary().mean) for c in candidates(search, repeats))
+
+
+def objective_table(summary: dict) -> list[dict]:
+    """The pair summary's objectives as rows (MLflow's results table), best first: the mean score over its
+    seeds with its 95% interval beside it, how many seeds the mean is over, its place on the alpha axis, its
+    cut (where it has one) and the MLflow run of its search trial. A new column is a new key."""
+    rows = []
+    for name, o in summary["objectives"].items():
+        obj, (low, high) = parse_objective(name), o["ci"] or (None, None)
+        rows.append({"objective": name, "score": o["score"], "ci_low": low, "ci_high": high, "seeds": len(o["seeds"]),
+                     "alpha": obj.effective_alpha, "threshold": obj.threshold, "mlflow_run_id": o["mlflow_run_id"]})
+    return rows

@@ -1,125 +1,316 @@
-"""The search over objectives for one pair: the define-by-run space and the Optuna searcher that drives it.
+"""The search over objectives for one pair: the space Optuna searches and the searcher that drives it.
 
-Optuna proposes `{family, alpha | threshold, learning_rate?}`, the parameter being the one the family's
-registry spec names (none for parameterless families); `objective_of` turns a proposal into an
-`Objective`, and `point_of` an objective name into the point to enqueue (a warm start). `PairSearch` is
-Ray Tune's `OptunaSearch` with what a sweep needs on top: trial numbers in the config, pruned rather than
-complete trials for early stops, no rerun of an objective that already ran, and each run's seed and per-item
-outcomes kept with its Optuna trial. `warm_points` and `search_sampler` are the warm start and the sampler a
-sweep searches with (the search-efficiency bench replays them).
+Every trial of a pair's study carries the same parameters, so that Optuna's analyses (optuna-dashboard's
+importance, slice and parallel-coordinate plots, TPE's multivariate model) read every trial alike:
+
+- `family`: the objective family;
+- `alpha`: the objective's place on the alpha axis (`Objective.effective_alpha`: NLL 0, `p` and `dft` 1,
+  GeneralFamily its alpha, a cut family its loss's), searched for the general family, set by the family
+  for the others;
+- one cut parameter per kind of cut the searched families use, set to "no cut" where a family has none:
+  `min_p` (Top*P-q keeps p >= q; 0 otherwise), `max_p` (Bottom*P-q keeps p < q; 1 otherwise),
+  `min_quantile` and `max_quantile` (the same for the r of the quantile families);
+- `learning_rate`, when it is searched.
+
+A parameter of one family only (alpha only on GeneralFamily trials) would look all-important to the
+dashboard's importance, which compares the trials that have it with all trials. `ObjectiveSampler` wraps
+the search's sampler (TPE) to set the values a family fixes, to keep searched values at 3 significant
+digits inside their configured range (so the stored parameters are the ones trained with), and to draw no
+objective the study already holds while an untried one is left. `PairSearch` is Ray Tune's `OptunaSearch`
+with what a sweep needs on top: Optuna trial numbers in the configs, the scheduler's signal as intermediate
+values, links to MLflow, each run's seed and per-item outcomes as user attributes (what the report's intervals
+and paired comparisons read), and an end to the search once a finite space is exhausted. `warm_points` and
+`search_sampler` are the warm start and the sampler a sweep searches with (bench/search_efficiency.py replays
+them).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import random
 
 import optuna
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from alphasweep import compat
-from alphasweep.config import ConfigError, SearchSpec
-from alphasweep.objectives import SPECS, Objective, family_spec, objective_from_params, parse_objective
+from alphasweep.config import ConfigError, RangeSpec, SearchSpec
+from alphasweep.objectives import SPECS, Objective, family_spec, parse_objective
+from alphasweep.objectives.registry import FamilySpec
 
-SKIPPED = "skipped"  # user attr of a proposal that repeated an earlier objective and never ran
+OBJECTIVE, MLFLOW_RUN = "objective", "mlflow_run_id"  # user attrs of every trial
 SEED, ITEMS = "seed", "items"  # user attrs of every run's Optuna trial: its training seed, its per-item outcomes
-GUIDED_REDRAWS, MAX_REDRAWS = 5, 20
-_TRIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # ran, stopped early, or running now
+GUIDED_REDRAWS = 3  # proposals of the wrapped sampler tried before the untried point nearest to one is taken
+_HELD = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # tried or to be tried
+_NO_CUT = {"min": 0.0, "max": 1.0}
 
 
-class SearchSpace:
-    """The define-by-run function OptunaSearch calls with an Optuna trial (a class: Tune pickles it)."""
-
-    def __init__(self, search: SearchSpec):
-        self.search = search
-
-    def __call__(self, trial: optuna.Trial) -> None:
-        search = self.search
-        field = family_spec(trial.suggest_categorical("family", list(search.families))).field
-        if field is not None:  # the family's one parameter, from the searched range of that name
-            searched = getattr(search, field)
-            trial.suggest_float(field, searched.low, searched.high, log=searched.log)
-        if search.learning_rate:
-            lr = search.learning_rate
-            trial.suggest_float("learning_rate", lr.low, lr.high, log=lr.log)
+def cut_param(spec: FamilySpec) -> str | None:
+    """The study parameter that holds a cut family's q or r: `min_p`, `max_p`, `min_quantile`, `max_quantile`."""
+    if spec.field != "threshold":
+        return None
+    return f"{'min' if spec.side == 'top' else 'max'}_{'p' if spec.param == 'threshold' else 'quantile'}"
 
 
-def _short(x: float | None) -> float | None:
+def _significant(x: float) -> float:
     """3 significant digits: readable objective names, and no difference a fine-tune could tell."""
-    return None if x is None else float(f"{x:.3g}")
+    return float(f"{x:.3g}")
 
 
 def objective_of(config: dict) -> Objective:
-    """The objective of a proposal (an Optuna trial's params or a Tune trial's config)."""
-    return objective_from_params(config["family"], alpha=_short(config.get("alpha")),
-                                 threshold=_short(config.get("threshold")))
+    """The objective of a point of the space (an Optuna trial's params or a Tune trial's config)."""
+    spec = family_spec(config["family"])
+    if spec.field == "alpha":
+        return Objective(config["family"], alpha=config["alpha"])
+    if spec.field == "threshold":
+        return Objective(config["family"], threshold=config[cut_param(spec)])
+    return Objective(config["family"])
+
+
+class SearchSpace:
+    """The define-by-run function OptunaSearch calls with an Optuna trial (a class: Tune pickles it), and the
+    distribution of every parameter; `ObjectiveSampler` decides the values a family fixes."""
+
+    def __init__(self, search: SearchSpec):
+        self.search = search
+        specs = [family_spec(f) for f in search.families]
+        alphas = [s.fixed_alpha for s in specs if s.fixed_alpha is not None]
+        if "general" in search.families:
+            alphas += [search.alpha.low, search.alpha.high]
+        log = search.alpha.log and min(alphas) > 0  # NLL's 0 has no place on a log scale
+        self.distributions: dict[str, BaseDistribution] = {
+            "family": CategoricalDistribution(list(search.families)),
+            "alpha": FloatDistribution(min(alphas), max(alphas), log=log),
+        }
+        for spec in specs:
+            name = cut_param(spec)
+            if name and name not in self.distributions:
+                cut = search.threshold
+                uncut = any(cut_param(s) != name for s in specs)  # some family leaves this cut at "no cut"
+                low = min(cut.low, _NO_CUT["min"]) if uncut and name.startswith("min") else cut.low
+                high = max(cut.high, _NO_CUT["max"]) if uncut and name.startswith("max") else cut.high
+                self.distributions[name] = FloatDistribution(low, high)
+        if search.learning_rate:
+            lr = search.learning_rate
+            self.distributions["learning_rate"] = FloatDistribution(lr.low, lr.high, log=lr.log)
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        for name, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                trial.suggest_categorical(name, list(dist.choices))
+            else:
+                trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+
+    def searched(self, family: str, name: str) -> RangeSpec | None:
+        """The configured range `name` is drawn from for `family`, or None where the family fixes it."""
+        spec = family_spec(family)
+        if name == "learning_rate":
+            return self.search.learning_rate
+        if name == "alpha":
+            return self.search.alpha if spec.field == "alpha" else None
+        return self.search.threshold if name == cut_param(spec) else None
+
+    def fixed(self, family: str, name: str) -> float:
+        """The value a family gives a parameter it does not search (its alpha, or "no cut")."""
+        if name == "alpha":
+            return family_spec(family).fixed_alpha
+        return _NO_CUT[name.split("_")[0]]
+
+    def point(self, objective: Objective, learning_rate: float | None = None) -> dict:
+        """The full point of the space for an objective (a warm start to enqueue)."""
+        spec, point = objective.spec, {"family": objective.family, "alpha": objective.effective_alpha}
+        for name in self.distributions:
+            if name not in ("family", "alpha", "learning_rate"):
+                point[name] = objective.threshold if name == cut_param(spec) else self.fixed(objective.family, name)
+        if self.search.learning_rate and learning_rate:
+            point["learning_rate"] = learning_rate
+        return point
+
+    def key(self, params: dict) -> tuple[str, float | None]:
+        """What makes two points the same experiment: the objective and the learning rate."""
+        return objective_of(params).name, params.get("learning_rate")
+
+    def fresh_families(self, study: optuna.Study, number: int) -> list[str]:
+        """The families with an objective the study does not hold yet: every family with a searched parameter,
+        and each parameterless one until it has been tried (any family while the learning rate is searched)."""
+        if self.search.learning_rate:
+            return list(self.search.families)
+        held = {t.params.get("family") for t in study.get_trials(deepcopy=False, states=_HELD) if t.number != number}
+        return [f for f in self.search.families if family_spec(f).field is not None or f not in held]
+
+    def held(self, study: optuna.Study, number: int) -> set[tuple]:
+        return {self.key(t.params) for t in study.get_trials(deepcopy=False, states=_HELD)
+                if t.number != number and "family" in t.params}
 
 
 def point_of(name: str, search: SearchSpec, learning_rate: float | None = None) -> dict:
-    """The Optuna point for an objective name; its family must be one the search allows."""
+    """The point of the space for an objective name; its family must be one the search allows."""
     obj = parse_objective(name)
     if obj.family not in search.families:
         raise ConfigError(
             f"search.enqueue: {name} has family {obj.family!r}, which is not in search.families "
             f"({', '.join(search.families)})"
         )
-    point = {k: v for k, v in obj.params().items() if v is not None}
-    if search.learning_rate and learning_rate:
-        point["learning_rate"] = learning_rate
-    return point
+    return SearchSpace(search).point(obj, learning_rate)
+
+
+class ObjectiveSampler(optuna.samplers.BaseSampler):
+    """Wraps the search's sampler: the family's fixed values, searched values at 3 significant digits inside
+    their configured ranges, and no objective the study already holds while an untried one is left (the
+    wrapped sampler's proposal is redrawn, then an untried family drawn at random). A repeat is never a trial
+    of its own, so the study holds no failed or skipped trials for proposals that were not meant to run."""
+
+    def __init__(self, space: SearchSpace, base: optuna.samplers.BaseSampler, seed: int = 0):
+        self.space, self.base = space, base
+        self._rng = random.Random(seed)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._rng.seed()
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
+        if "family" not in search_space:  # the wrapped sampler's start-up: every parameter is drawn alone
+            return self.base.sample_relative(study, trial, search_space)
+        fresh, held = self.space.fresh_families(study, trial.number), self.space.held(study, trial.number)
+        for _ in range(GUIDED_REDRAWS):
+            proposal = self.base.sample_relative(study, trial, search_space)
+            params = self._settled(proposal)
+            if params.get("family") in fresh and self._key(params) not in held:
+                return params
+        # the wrapped sampler insists on what the study holds (a parameterless objective it found good): of its
+        # proposal's values under each untried family, the point nearest to the one it wants (not the same point)
+        candidates = [self._settled({**proposal, "family": f}) for f in fresh]
+        candidates = [c for c in candidates if self._key(c) not in held and self._distance(c, params) > 0]
+        if candidates:
+            return min(candidates, key=lambda c: self._distance(c, params))
+        family = self._rng.choice(fresh or list(self.space.search.families))
+        return {name: family if name == "family" else self._random(family, name) for name in proposal}
+
+    def _distance(self, a: dict, b: dict) -> float:
+        """How far apart two points lie, each parameter scaled by the width of its distribution."""
+        dists = self.space.distributions
+        return sum(abs(a[n] - b[n]) / ((dists[n].high - dists[n].low) or 1.0) for n in a if n != "family" and n in b)
+
+    def _key(self, params: dict) -> tuple | None:
+        """The point's experiment, or None where the relative draw leaves its parameter to be drawn alone."""
+        try:
+            return self.space.key(params)
+        except KeyError:
+            return None
+
+    def _random(self, family: str, name: str) -> float:
+        searched = self.space.searched(family, name)
+        if searched is None:
+            return self.space.fixed(family, name)
+        if searched.log:
+            return self._settle(math.exp(self._rng.uniform(math.log(searched.low), math.log(searched.high))), searched)
+        return self._settle(self._rng.uniform(searched.low, searched.high), searched)
+
+    def sample_independent(self, study, trial: FrozenTrial, name: str, distribution: BaseDistribution):
+        if name == "family":
+            fresh = self.space.fresh_families(study, trial.number)
+            for _ in range(GUIDED_REDRAWS):
+                family = self.base.sample_independent(study, trial, name, distribution)
+                if family in fresh or not fresh:
+                    return family
+            return self._rng.choice(fresh)
+        family = trial.params["family"]
+        searched = self.space.searched(family, name)
+        if searched is None:
+            return self.space.fixed(family, name)
+        own = FloatDistribution(searched.low, searched.high, log=searched.log)
+        return self._settle(self.base.sample_independent(study, trial, name, own), searched)
+
+    def _settled(self, params: dict) -> dict:
+        """The family's fixed values in place of what the wrapped sampler drew; searched values rounded."""
+        family = params.get("family")
+        if family is None:
+            return params
+        settled = {"family": family}
+        for name, value in params.items():
+            if name != "family":
+                searched = self.space.searched(family, name)
+                settled[name] = self.space.fixed(family, name) if searched is None else self._settle(value, searched)
+        return settled
+
+    @staticmethod
+    def _settle(value: float, searched: RangeSpec) -> float:
+        return min(max(_significant(value), searched.low), searched.high)
 
 
 class PairSearch(OptunaSearch):
-    """OptunaSearch that tags each config with its Optuna trial number and keeps training reports out
-    of the study. A trial ASHA stops never reports `score`, so Optuna records it as PRUNED with no value
-    (TPE ranks it below every complete trial) rather than COMPLETE with an early, misleading value;
-    an intermediate held-out NLL would otherwise become the pruned trial's value in a study that
-    maximises accuracy. The training curves live in MLflow."""
+    """OptunaSearch for one pair's study: its space sampled through `ObjectiveSampler`, each config tagged
+    with its Optuna trial number, the scheduler's signal kept as intermediate values (oriented so that higher
+    is better, like the score: a held-out NLL is negated), the objective's name and the trial's MLflow run as
+    user attributes, and the search finished once every objective of a finite space has been tried.
 
-    def __init__(self, *args, constants: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._constants = constants
+    A trial the scheduler stops never reports `score`, so it reaches the study as PRUNED, whose value Optuna
+    takes from its last intermediate value; TPE ranks pruned trials below every complete one, and the report
+    reads complete trials only."""
+
+    def __init__(self, space: SearchSpace, *args, sampler: optuna.samplers.BaseSampler, constants: dict,
+                 signal: tuple[str, str] | None = None, seed: int = 0, **kwargs):
+        super().__init__(space, *args, sampler=ObjectiveSampler(space, sampler, seed), **kwargs)
+        self._pair_space, self._constants, self._signal = space, constants, signal
 
     def suggest(self, trial_id: str):
-        """A proposal that repeats an objective already run (TPE often redraws `p` or `original`, which have
-        no parameters) is recorded as a skipped FAIL and redrawn: a rerun would only repeat a known score.
-        After `GUIDED_REDRAWS` repeats the redraws come from a random sampler (a TPE sure of a parameterless
-        objective proposes it again and again); a proposal that still repeats after `MAX_REDRAWS` runs."""
-        study, live = compat.searcher_study(self), compat.searcher_trials(self)
-        guided = study.sampler
-        try:
-            for attempt in range(1, MAX_REDRAWS + 1):
-                config = super().suggest(trial_id)
-                if (not isinstance(config, dict) or attempt == MAX_REDRAWS
-                        or not self._repeats(study, config, live[trial_id].number)):
-                    break
-                repeat = live.pop(trial_id)  # the searcher asks the study afresh for this Tune trial
-                repeat.set_user_attr(SKIPPED, f"repeats {objective_of(config).name}")
-                study.tell(repeat, state=TrialState.FAIL)
-                if attempt == GUIDED_REDRAWS:
-                    study.sampler = optuna.samplers.RandomSampler(seed=repeat.number)
-        finally:
-            study.sampler = guided
+        live = compat.searcher_trials(self)
+        study = compat.searcher_study(self)
+        if trial_id not in live and self._exhausted(study):
+            return Searcher.FINISHED
+        config = super().suggest(trial_id)
         if isinstance(config, dict):
+            trial = live[trial_id]
+            trial.set_user_attr(OBJECTIVE, objective_of(config).name)
             if "seed" in self._constants:
-                live[trial_id].set_user_attr(SEED, self._constants["seed"])
-            config.update(self._constants, optuna_trial=live[trial_id].number)
+                trial.set_user_attr(SEED, self._constants["seed"])
+            config.update(self._constants, optuna_trial=trial.number)
         return config
 
-    @staticmethod
-    def _repeats(study: optuna.Study, config: dict, number: int) -> bool:
-        key = (objective_of(config).name, config.get("learning_rate"))
-        return any((objective_of(t.params).name, t.params.get("learning_rate")) == key
-                   for t in study.get_trials(deepcopy=False, states=_TRIED) if t.number != number)
+    def _exhausted(self, study: optuna.Study) -> bool:
+        """Every objective of a space without a searched parameter has been tried (and none waits to run)."""
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return False
+        return not self._pair_space.fresh_families(study, -1)
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Training reports carry no `score`; the searcher only learns from finished trials."""
+    def annotate(self, trial_id: str, key: str, value) -> None:
+        """A user attribute on the live Optuna trial of a Tune trial (e.g. its MLflow run id)."""
+        trial = compat.searcher_trials(self).get(trial_id)
+        if trial is not None:
+            trial.set_user_attr(key, value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        live = compat.searcher_trials(self)
-        if result and trial_id in live:
-            record_run(live[trial_id], result)
+        """A trial the scheduler stops ends on a training report, which Tune passes here and not to
+        `on_trial_result`: it is the stopped trial's last intermediate value, and so its value. A scored run's
+        per-item outcomes are kept with its trial (`record_run`)."""
+        if result and not error:
+            self.on_trial_result(trial_id, result)
+            trial = compat.searcher_trials(self).get(trial_id)
+            if trial is not None:
+                record_run(trial, result)
         super().on_trial_complete(trial_id, result, error)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Training reports carry no `score`; the signal the scheduler compares becomes an intermediate value."""
+        if self._signal is None:
+            return
+        metric, mode = self._signal
+        trial = compat.searcher_trials(self).get(trial_id)
+        if trial is not None and metric in result and "step" in result:
+            value = float(result[metric])
+            trial.report(value if mode == "max" else -value, int(result["step"]))
 
 
 def warm_points(search: SearchSpec, suggestions: list[str], tried: set[str] = frozenset()) -> list[dict]:

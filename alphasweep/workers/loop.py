@@ -59,8 +59,9 @@ def _forward_loss(model, batch, objective, device, autocast):
 
 
 def parallelize(model: torch.nn.Module, strategy: str, world: int) -> torch.nn.Module:
-    """DDP via Ray Train, or FSDP2: `fully_shard` on every block the HF model names unsplittable, then the root."""
-    if strategy == "ddp" or world == 1:
+    """DDP via Ray Train, or FSDP2: `fully_shard` on every block the HF model names unsplittable, then the root.
+    FSDP shards over any process group, a single worker's too, so one GPU runs the code path of many."""
+    if strategy == "ddp" or not (dist.is_available() and dist.is_initialized()):
         return ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     from torch.distributed.fsdp import fully_shard
 
