@@ -323,6 +323,14 @@ class EvalConfig(_Strict):
     replicas: int = Field(1, ge=1)  # evaluator actors in the sweep's pool, each with num_cpus / num_gpus
 
 
+class ConfirmSpec(_Strict):
+    """After the search, train the top-k objectives again with new seeds; the best is the finalist with the
+    best mean over all of its seeds."""
+
+    top_k: int = Field(2, ge=1)
+    seeds: int = Field(2, ge=1)  # new seeds per finalist, numbered on from the sweep's largest seed
+
+
 class TrackingSpec(_Strict):
     mlflow_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite in output_dir
 
@@ -374,6 +382,17 @@ class SweepConfig(_Strict):
     tracking: TrackingSpec = TrackingSpec()
     storage: StorageSpec = StorageSpec()
     demo: DemoSpec | None = None  # the embedded default: what to build locally (see demo.py)
+    # Training seeds (train.seed: initialisation, data order, held-out split): the search trains with the first,
+    # then every objective it ran is trained with each other one. None: [train.seed].
+    seeds: list[int] | None = Field(None, min_length=1)
+    confirm: ConfirmSpec | None = None  # None: no confirmation stage
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds and len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
 
     @property
     def out(self) -> Path:
@@ -395,6 +414,14 @@ class SweepConfig(_Strict):
 
     def checkpoint_root(self) -> str:
         return self.storage.checkpoints or os.environ.get("ALPHASWEEP_STORAGE_PATH") or str(self.out / "ray")
+
+    def sweep_seeds(self) -> list[int]:
+        return self.seeds or [self.train.seed]
+
+    def confirm_seeds(self) -> list[int]:
+        """The confirmation stage's seeds: new ones, after the sweep's largest."""
+        start = max(self.sweep_seeds()) + 1
+        return list(range(start, start + self.confirm.seeds)) if self.confirm else []
 
     def pairs(self) -> list[tuple[ModelSpec, DomainSpec]]:
         return [(m, d) for m in self.models for d in self.domains]

@@ -3,8 +3,9 @@
     .venv/bin/python bench/continuum_table.py [--seeds 0 1 2] [--out runs/continuum]
 
 Each seed changes the base's pretraining, the data, the noise draws and the fine-tunes' data order
-(`demo.base.seed`, `demo.tasks.*.seed`, `train.seed`). The table checks the paper's direction: on the
-strong pair `p` beats NLL, on the weak pair NLL beats `p`, in every seed.
+(`demo.base.seed`, `demo.tasks.*.seed`, `seeds`), one sweep per seed; `alphasweep sweep configs/continuum.yaml`
+alone runs its training seeds (`seeds:`) on one base in one command, then its confirmation stage. The table
+checks the paper's direction: on the strong pair `p` beats NLL, on the weak pair NLL beats `p`, in every seed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "continuum.yaml"
 
 
 def run_seed(seed: int, out: Path) -> dict:
-    sets = [f"output_dir={out}/seed{seed}", f"train.seed={seed}", f"demo.base.seed={seed}",
+    sets = [f"output_dir={out}/seed{seed}", f"seeds=[{seed}]", "confirm=null", f"demo.base.seed={seed}",
             f"demo.tasks.addition.seed={seed}", f"demo.tasks.cipher.seed={seed}"]
     args = sum((["--set", s] for s in sets), [])
     print(f"seed {seed}: alphasweep sweep {CONFIG} {' '.join(args)}", flush=True)

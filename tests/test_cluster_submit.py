@@ -257,7 +257,7 @@ def _config(path: Path, name: str, model: Path | str, addition) -> Path:
         "models": [{"name": "tiny", "path": str(model)}],
         "domains": [{"name": "addition", "train": {"path": str(addition[0]), "heldout": 16},
                      "benchmarks": [{"name": "addition", "path": str(addition[1]), "format": "exact"}]}],
-        "search": {"families": ["nll", "p", "general"], "enqueue": ["original", "p"]},
+        "search": {"families": ["nll", "p", "general"], "enqueue": ["original", "p"], "probe_warm_start": False},
         "budget": {"trials_per_pair": 2, "max_concurrent": 2},
         "train": {"steps": 8, "batch_size": 8, "learning_rate": 3e-3, "max_length": 24, "workers": 1,
                   "report_every": 4, "eval_every": 4},

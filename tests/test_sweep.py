@@ -17,7 +17,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from alphasweep.config import SearchSpec
 from alphasweep.objectives import parse_objective
+from alphasweep.orchestrator.space import objective_of, warm_points
 from alphasweep.synthetic import write_task_files
 from local_services import mlflow_server as mlflow_server_at
 
@@ -113,16 +115,22 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
             assert r.data.metrics["score"] == r.data.metrics["score.cipher"] == r.data.metrics["cipher.similarity"]
         else:
             assert not any(k.startswith("addition.") for k in r.data.metrics)
+        assert r.data.metrics["score_ci_low"] <= r.data.metrics["score"] <= r.data.metrics["score_ci_high"]
+        assert r.data.tags["stage"] == "search" and r.data.tags["seed"] == "0"
     for r in parents:
         assert "probe_mean_p" in r.data.metrics and r.info.status == "FINISHED"
 
     storage = f"sqlite:///{tmp_path}/out/optuna.db"
     studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert set(studies) == {"tiny/addition", "tiny/cipher"}
+    search = SearchSpec(families=["nll", "p", "general"], enqueue=["original", "p"])
     for name in studies:
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(states=(TrialState.COMPLETE,))
         assert len(trials) == 3
-        assert {t.params["family"] for t in trials[:2]} == {"nll", "p"}  # the enqueued warm start ran first
+        # the warm start ran first: the probe's suggestions, then the enqueued NLL and p
+        warm = [objective_of(p).name for p in warm_points(search, study.user_attrs["probe"]["suggestions"])]
+        assert [objective_of(t.params).name for t in trials] == warm[:3] and {"original", "p"} <= set(warm)
 
     report = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)
     assert report["mlflow_uri"] == mlflow_server and report["optuna_storage"] == storage
@@ -132,6 +140,27 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         mlflow_scores = {r.data.params["objective"]: r.data.metrics["score"] for r in children
                          if r.data.tags["domain"] == pair["domain"]}
         assert pair["scores"] == pytest.approx(mlflow_scores)
+        # one seed, one benchmark of 16 items scored once: Wilson intervals and exact McNemar comparisons
+        for o in pair["objectives"].values():
+            assert o["ci_method"] == "wilson" and o["n_items"] == 16 and o["ci"][0] <= o["score"] <= o["ci"][1]
+        up, best = pair["vs_runner_up"], pair["best_objective"]
+        assert up["method"] == "exact McNemar" and up["ci"][0] <= up["difference"] <= up["ci"][1]
+        assert up["difference"] == pytest.approx(pair["scores"][best] - pair["scores"][up["objective"]])
+        assert pair["decided"] is up["decided"] is (up["ci"][0] > 0)
+        assert (pair["vs_nll"] is None) is (best == "original")
+        assert pair["verdict"].startswith("best: " if pair["decided"] else "tie: ")
+        parent = next(r for r in parents if r.data.tags["domain"] == pair["domain"])
+        assert parent.data.tags["verdict"] == pair["verdict"] and f"{pair['domain']}: {pair['verdict']}" in proc.stdout
+        # the parent's results table: the mean over seeds with its interval beside it, best first
+        (tmp_path / pair["domain"]).mkdir()
+        table = json.loads(Path(client.download_artifacts(parent.info.run_id, "results.json",
+                                                          str(tmp_path / pair["domain"]))).read_text())
+        assert table["columns"][:5] == ["objective", "score", "ci_low", "ci_high", "seeds"]
+        rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+        assert [r["objective"] for r in rows] == list(pair["objectives"]) and rows[0]["objective"] == best
+        for r in rows:
+            assert [r["score"], r["ci_low"], r["ci_high"]] == pytest.approx(
+                [pair["scores"][r["objective"]], *pair["objectives"][r["objective"]]["ci"]])
 
 
 @pytest.mark.parametrize("runner", ["tune", "ray_train"])
@@ -146,6 +175,8 @@ def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, t
     shared test machines do; so there each worker takes one CPU and the next trial fits beside a leak.)"""
     config = _config(tmp_path, tiny_model, addition_files, cipher_files,
                      budget={"trials_per_pair": 3, "max_concurrent": 1},
+                     search={"families": ["nll", "p", "general"], "enqueue": ["original", "p"],
+                             "probe_warm_start": False},
                      scheduler={"kind": "asha", "grace_steps": 4, "reduction_factor": 2},
                      train__steps=12, train__report_every=4, train__eval_every=4,
                      train__cpus_per_worker=2 if runner == "tune" else 1, train__runner=runner)
@@ -273,6 +304,73 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
         assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert f"{broken}: line 2: not valid JSON" in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert [p.read_bytes() for p in stores] == before, field
+
+
+def test_seeds_and_a_confirmation_stage_survive_a_kill_resume_and_extend(ray_local, tmp_path, tiny_model,
+                                                                        addition_files, cipher_files):
+    """`seeds: [0, 1]` and `confirm: {top_k: 1, seeds: 1}` on one pair with two objectives, one trial at a time:
+    killed while the confirmation trains, resumed, then extended by one search trial."""
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files, seeds=[0, 1],
+                     confirm={"top_k": 1, "seeds": 1}, budget={"trials_per_pair": 2, "max_concurrent": 1})
+    raw = yaml.safe_load(config.read_text())
+    raw["domains"] = raw["domains"][:1]
+    config.write_text(yaml.safe_dump(raw))
+    storage, mlflow_uri = f"sqlite:///{tmp_path}/out/optuna.db", f"sqlite:///{tmp_path}/out/mlflow.db"
+
+    def repeats(*states):
+        study = optuna.load_study(study_name="tiny/addition/repeats", storage=storage)
+        return [(t.user_attrs["stage"], t.user_attrs["seed"]) for t in study.get_trials(states=states)]
+
+    driver = subprocess.Popen([sys.executable, "-m", "alphasweep.cli", "sweep", str(config)],
+                              env={**os.environ, **_ray_env(ray_local)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while time.time() < deadline and driver.poll() is None:  # kill it while the confirmation trains
+        time.sleep(1)
+        try:
+            if ("confirm", 2) in repeats(TrialState.RUNNING):
+                break
+        except Exception:  # noqa: BLE001 - the database, or the repeats study, is still being created
+            continue
+    assert driver.poll() is None, "the sweep ended before the test could interrupt it"
+    driver.kill()
+    driver.wait()
+    assert sorted(repeats(TrialState.COMPLETE)) == [("seeds", 1), ("seeds", 1)]
+
+    proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 2 and "--resume" in proc.stderr  # an unfinished stage is not resumed silently
+    proc = _cli("sweep", str(config), "--resume", env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 interrupted trial(s) marked failed" in proc.stdout and "confirm stage: 1 run(s)" in proc.stdout
+    assert sorted(repeats(TrialState.COMPLETE)) == [("confirm", 2), ("seeds", 1), ("seeds", 1)]
+    assert repeats(TrialState.FAIL) == [("confirm", 2)]
+    search = optuna.load_study(study_name="tiny/addition", storage=storage)
+    assert len(search.trials) == 2 and {t.user_attrs["seed"] for t in search.trials} == {0}  # no repeat in it
+
+    trials = [r for r in _runs(mlflow_uri, "e2e") if r.data.tags.get("alphasweep.kind") == "trial"]
+    finished = sorted((r.data.tags["stage"], r.data.tags["seed"]) for r in trials if r.info.status == "FINISHED")
+    assert finished == [("confirm", "2"), ("search", "0"), ("search", "0"), ("seeds", "1"), ("seeds", "1")]
+    # the killed confirmation's run, if it had started, is FAILED, not left RUNNING
+    assert {(r.data.tags["stage"], r.info.status) for r in trials if r.info.status != "FINISHED"} <= {
+        ("confirm", "FAILED")}
+    assert all(r.data.tags["mlflow.parentRunId"] for r in trials)
+
+    pair = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)["pairs"][0]
+    best = pair["objectives"][pair["best_objective"]]
+    assert best["confirmed"] and set(best["seeds"]) == {"0", "1", "2"} and pair["seeds"] == [0, 1, 2]
+    assert best["score"] == pytest.approx(sum(best["seeds"].values()) / 3)
+    # the envelope of the t interval over seeds and the interval over items of the 3 runs pooled
+    assert best["ci_method"] in ("t over seeds and wilson over items", "t over seeds and bootstrap over items")
+    assert best["ci"][0] <= best["score"] <= best["ci"][1]
+    other = next(o for name, o in pair["objectives"].items() if name != pair["best_objective"])
+    assert not other["confirmed"] and set(other["seeds"]) == {"0", "1"}
+    assert pair["vs_runner_up"]["seeds"] == [0, 1] and isinstance(pair["decided"], bool) and pair["verdict"]
+
+    proc = _cli("sweep", str(config), "--extend", "1", env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(search.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert sorted(repeats(TrialState.COMPLETE)).count(("seeds", 1)) == 3  # the new objective got its second seed
+    assert _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900).returncode == 0  # finished: reports
 
 
 @pytest.mark.parametrize(

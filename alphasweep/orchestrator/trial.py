@@ -12,6 +12,7 @@ Either way the evaluator pool's actors hold their own CPUs/GPUs (docs/upstream.m
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from alphasweep.config import BenchmarkSpec, DataSpec, EvalConfig, TrainConfig
+from alphasweep.stats import Outcomes
 
 
 @dataclass(frozen=True)
@@ -70,18 +72,18 @@ def run_trial(config: dict, job: PairJob) -> None:
     from alphasweep.workers.signals import SignalSpec
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path, train_in_trial
 
-    lr = config.get("learning_rate")
+    updates = {key: config[key] for key in ("learning_rate", "seed") if config.get(key) is not None}
     train_job = TrainJob(
         model_path=job.model_path, objective=objective_of(config), data=job.data,
-        train=job.train.model_copy(update={"learning_rate": lr}) if lr else job.train,
+        train=job.train.model_copy(update=updates),
         signal=SignalSpec(tuple(job.benchmarks), job.signal_limit, job.eval) if job.signal_limit else None,
         started_at=started_at,
     )
     if job.train.runs_in_trial:
         checkpoint = train_in_trial(train_job)
     else:
-        trainer = build_trainer(train_job, storage_path=job.storage_path,
-                                name=f"{job.slug}-trial{config['optuna_trial']:04d}", callbacks=[TuneReportCallback()])
+        name = f"{job.slug}-{config.get('stage', 'search')}{config['optuna_trial']:04d}"
+        trainer = build_trainer(train_job, storage_path=job.storage_path, name=name, callbacks=[TuneReportCallback()])
         checkpoint = final_checkpoint_path(trainer.fit())
     scores = evaluate_on_pool(get_evaluator_pool(job.eval), checkpoint, job.benchmarks, limit=job.eval.limit)
     if "error" in scores:
@@ -95,4 +97,5 @@ def run_trial(config: dict, job: PairJob) -> None:
         "eval_replica": scores["replica"],  # which of the pool's evaluators scored it
         "checkpoint_path": checkpoint,
         "samples": scores["records"][: job.eval.samples_logged],
+        "items": json.dumps(Outcomes.from_records(scores["records"], scores["k"]).to_json()),  # for the report
     })
