@@ -156,7 +156,7 @@ def test_mmlu_pro_medical_keeps_health_and_biology_only(tmp_path):
      "missing field 'extra_info.question' / 'question'"),
 ])
 def test_bad_rows_name_the_benchmark_row_and_field(tmp_path, name, rows, message):
-    with pytest.raises(ValueError, match=f"benchmark '{name}' .*: row 0: .*{message}"):
+    with pytest.raises(ValueError, match=f"benchmark '{name}' .*: row 1: .*{message}"):
         load_benchmark({"name": name, "path": _parquet(tmp_path / "t.parquet", rows)})
 
 
