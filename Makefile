@@ -42,7 +42,7 @@ lint: $(STAMP)
 
 test: $(VLLM_STAMP)
 	bash tests/services.sh
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q --durations=30
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b; done

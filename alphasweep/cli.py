@@ -1,4 +1,4 @@
-"""The `alphasweep` command: train, eval, probe, sweep, report, dashboard, submit, validate.
+"""The `alphasweep` command: train, eval, probe, sweep, report, dashboard, submit, validate, data.
 
 User errors (bad config, missing file, unknown objective) print one line and exit 2, no traceback; that
 holds for a user error raised inside a Ray task or actor too. `sweep`, `train` and `submit` run the
@@ -98,14 +98,16 @@ def train(config_path, objective, model_name, domain_name, overrides, address):
     domain = _pick(cfg.domains, domain_name, "domain")
     checks.validate(cfg.model_copy(update={"models": [model], "domains": [domain]}), checks.TRAIN_CHECKS)
     from alphasweep.workers.progress import PrintProgress  # torch and Ray: after the checks
+    from alphasweep.workers.setup import TrainJob
     from alphasweep.workers.trainer import build_trainer, final_checkpoint_path
 
     _init_ray(address)
     name = f"train-{model.name}-{domain.name}-{obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({cfg.train_for(domain).steps} steps, "
-               f"{cfg.train.workers} worker(s))")
-    trainer = build_trainer(model_path=model.path, data=domain.train, train=cfg.train_for(domain), objective=obj.name,
-                            storage_path=cfg.checkpoint_root(), name=name, callbacks=[PrintProgress("  ")])
+    settings = cfg.train_for(domain, model)
+    length = f"{settings.steps} steps" if settings.steps else f"{settings.epochs:g} epoch(s)"
+    click.echo(f"training {model.name} on {domain.name} with {obj.name} ({length}, {settings.workers} worker(s))")
+    job = TrainJob(model_path=model.path, objective=obj, data=cfg.data_for(model, domain), train=settings)
+    trainer = build_trainer(job, storage_path=cfg.checkpoint_root(), name=name, callbacks=[PrintProgress("  ")])
     result = trainer.fit()
     click.echo(f"final checkpoint: {final_checkpoint_path(result)}")
 
@@ -252,7 +254,8 @@ def probe(model_path, data_path, fmt, prompt_field, completion_field, sample, ma
 
 @main.command("eval")
 @click.option("--checkpoint", required=True, help="Checkpoint directory (save_pretrained) or hub id.")
-@click.option("--benchmarks", required=True, help="Comma-separated names (gsm8k,math500,aime24,amc23) or files.")
+@click.option("--benchmarks", required=True,
+              help="Comma-separated built-in names (gsm8k, math500, minerva_math, medqa, figfont, ...) or files.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N (>= 1) rows per benchmark.")
 @click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), default="auto", show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
@@ -358,6 +361,32 @@ def validate_(config_path, overrides, all_errors, cluster):
             click.echo(f"error: {line}", err=True)
         sys.exit(2)
     click.echo(found.summary())
+
+
+@main.group("data")
+def data_group() -> None:
+    """Build a domain's SFT and evaluation files locally (no hub needed)."""
+
+
+@data_group.command("figfont")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--n-train", default=40_000, show_default=True, type=click.IntRange(min=1),
+              help="Training puzzles (the paper: 40000).")
+@click.option("--n-test", default=5_000, show_default=True, type=click.IntRange(min=1),
+              help="Test puzzles, none of them a training puzzle (the paper: 5000).")
+@click.option("--seed", default=42, show_default=True, type=int, help="reasoning-gym seed (the paper: 42).")
+@_user_errors
+def data_figfont(out_dir, n_train, n_test, seed):
+    """The paper's figlet-font puzzles (reasoning-gym's figlet_font): OUT_DIR/train.jsonl and test.jsonl.
+
+    The rows have the fields configs/paper/figfont.yaml reads from the hub's gaotang/figlet_font, so the
+    preset runs on them with --set domains.0.train.path=OUT_DIR/train.jsonl and
+    --set domains.0.benchmarks.0.path=OUT_DIR.
+    """
+    from alphasweep.figfont import write_figfont
+
+    train_path, test_path = write_figfont(out_dir, n_train=n_train, n_test=n_test, seed=seed)
+    click.echo(f"wrote {n_train} training puzzles to {train_path} and {n_test} test puzzles to {test_path}")
 
 
 def _pick(items, name, kind):

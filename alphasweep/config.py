@@ -6,12 +6,14 @@ CLI can print it without a traceback before any trial starts.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -40,19 +42,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _check_prompt_template(template: str) -> str:
+    try:
+        template.format(prompt="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"not a format string over {{prompt}} alone ({type(e).__name__}: {e}); "
+                         "write literal braces as {{ and }}") from None
+    if "{prompt}" not in template:
+        raise ValueError("must contain {prompt}, where the prompt text goes")
+    return template
+
+
+PromptTemplate = Annotated[str, AfterValidator(_check_prompt_template)]
+
+
 class ModelSpec(_Strict):
     name: str
     path: str  # local directory saved with save_pretrained, or a hub id
+    # This model's own training settings (e.g. its learning rate), applied after the domain's train_overrides.
+    train_overrides: dict[str, Any] = Field(default_factory=dict)
+    # How this model reads a prompt: a format string around {prompt}, used for its training prompts and its
+    # benchmark questions in place of the tokenizer's chat template (the paper's per-model prompt formats).
+    # Leave the BOS token out: the tokenizer adds it where it does, in training as in evaluation.
+    prompt_template: PromptTemplate | None = None
 
 
 class DataSpec(_Strict):
-    """SFT data: a hub id (`datasets.load_dataset`) or a local .jsonl/.json/.parquet file."""
+    """SFT data: a hub id (`datasets.load_dataset`) or a local .jsonl/.json/.parquet file. Field names may be
+    dotted paths into nested columns (`extra_info.question`)."""
 
     path: str
     format: Literal["prompt_completion", "messages"] = "prompt_completion"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
     messages_field: str = "messages"
+    # The prompt is `prompt_template.format(prompt=<prompt field>)` (set per model: ModelSpec.prompt_template)
+    prompt_template: PromptTemplate | None = None
     split: str = "train"
     subset: str | None = None
     skip_bad_rows: bool = False
@@ -60,7 +85,8 @@ class DataSpec(_Strict):
 
 
 class BenchmarkSpec(_Strict):
-    """One benchmark: a built-in name (gsm8k, math500, aime24, amc23) or a user's file with its fields."""
+    """One benchmark: a built-in name (`alphasweep.evaluation.benchmarks.BUILTIN_BENCHMARKS`) or a user's file
+    with its fields."""
 
     name: str
     path: str | None = None  # local jsonl/json/parquet or hub id; None: the built-in's default
@@ -69,10 +95,15 @@ class BenchmarkSpec(_Strict):
     subset: str | None = None
     prompt_field: str | None = None
     answer_field: str | None = None
-    scorer: Literal["math", "choice", "exact"] | None = None
+    scorer: Literal["math", "choice", "exact", "exact_similarity"] | None = None
     template: str | None = None  # Python format string over the row's fields, e.g. "Q: {question}\nA:"
     # None: the format decides (math/choice: the tokenizer's chat template; exact: the raw prompt)
     use_chat_template: bool | None = None
+    # The model's prompt format (set per model: ModelSpec.prompt_template): the bare question (with its
+    # options) goes into {prompt}, in place of the format's instruction and the chat template.
+    prompt_template: PromptTemplate | None = None
+    # Which of the scorer's metrics is this benchmark's score (e.g. `similarity`); None: its first
+    metric: str | None = None
     limit: int | None = Field(None, ge=1)
 
 
@@ -144,27 +175,130 @@ class SchedulerSpec(_Strict):
     signal_limit: int = Field(32, ge=1)
 
 
+DEFAULT_STEPS, DEFAULT_WARMUP_STEPS = 300, 10
+
+
 class TrainConfig(_Strict):
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(32, ge=1)  # sequences per optimizer step, over all workers
-    micro_batch_size: int | None = Field(None, ge=1)  # per worker; None: no accumulation
+    """How one fine-tune trains. Batch geometry: `batch_size` sequences per optimizer step over all workers
+    (the global batch); each worker takes `batch_size / workers` of them, in micro-batches of
+    `micro_batch_size` with gradient accumulation over `batch_size / (workers x micro_batch_size)` of them."""
+
+    steps: int | None = Field(None, ge=1, description="optimizer steps; exactly one of steps and epochs (neither: 300)")
+    epochs: float | None = Field(
+        None, gt=0, description="passes over the training rows: steps = ceil(epochs x the steps one pass takes, "
+        "i.e. training rows // batch_size), known once the trial has loaded its data")
+    batch_size: int = Field(32, ge=1, description="sequences per optimizer step over all workers (the global batch)")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="sequences per forward/backward on one worker; None: batch_size / workers (no "
+        "gradient accumulation)")
     learning_rate: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int | None = Field(None, ge=0, description="linear warm-up steps; exclusive with warmup_ratio "
+                                     "(neither: 10)")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1,
+                                       description="warm-up as a share of the steps (rounded up), as HF's Trainer")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine schedule's floor, as a share of the peak")
     grad_clip: float = Field(1.0, gt=0)
+    loss_normalization: Literal["per_micro_batch", "global_tokens"] = Field(
+        "per_micro_batch", description="per_micro_batch (the paper's trainer): each micro-batch's loss is the sum "
+        "over its selected tokens divided by their number, averaged over micro-batches and workers; "
+        "global_tokens (TRL's num_items_in_batch): the sum over every selected token of the global batch divided "
+        "by their number, counted across accumulation steps and workers")
     max_length: int = Field(256, ge=8)
     packing: bool = False
-    workers: int = Field(1, ge=0)  # 0: run in the caller's process (Ray Train local mode)
+    workers: int = Field(1, ge=0, validate_default=True,
+                         description="training processes; 0: in the caller's process (Ray Train local mode)")
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    runner: Literal["auto", "tune", "ray_train"] = Field(
+        "auto", description="what runs a sweep trial's training loop: tune, inside the Tune trial itself (one "
+        "worker; the trial holds its CPUs/GPUs, reports and checkpoints through Tune, retries through Tune's "
+        "FailureConfig); ray_train, a Ray Train TorchTrainer run started by the trial (any number of workers, "
+        "DDP or FSDP); auto: tune for one worker, else ray_train")
     bf16: bool = True  # bf16 autocast where a GPU is used
     seed: int = 0
     report_every: int = Field(10, ge=1)
     eval_every: int = Field(50, ge=1)  # held-out NLL, the intermediate signal for ASHA
     checkpoint_every: int = Field(0, ge=0)  # 0: only the final checkpoint
-    max_failures: int = Field(1, ge=0)
+    max_failures: int = Field(1, ge=0, description="restarts from the latest checkpoint after a worker dies")
+
+    @field_validator("epochs")
+    @classmethod
+    def _steps_or_epochs(cls, epochs: float | None, info: ValidationInfo) -> float | None:
+        if epochs is not None and info.data.get("steps") is not None:
+            raise ValueError("give steps or epochs, not both")
+        return epochs
+
+    @field_validator("warmup_ratio")
+    @classmethod
+    def _one_warmup(cls, ratio: float | None, info: ValidationInfo) -> float | None:
+        if ratio is not None and info.data.get("warmup_steps") is not None:
+            raise ValueError("give warmup_steps or warmup_ratio, not both")
+        return ratio
+
+    @field_validator("workers")
+    @classmethod
+    def _batch_splits(cls, workers: int, info: ValidationInfo) -> int:
+        batch, micro = info.data.get("batch_size"), info.data.get("micro_batch_size")
+        world = max(workers, 1)
+        if batch is not None and batch % world:
+            raise ValueError(f"batch_size {batch} does not split evenly over {world} workers")
+        if batch is not None and micro is not None and (batch // world) % micro:
+            raise ValueError(f"batch_size {batch} over {world} worker(s) is {batch // world} sequences each, "
+                             f"not a multiple of micro_batch_size {micro}")
+        return workers
+
+    @field_validator("runner")
+    @classmethod
+    def _runner_fits(cls, runner: str, info: ValidationInfo) -> str:
+        if runner == "tune" and info.data.get("workers") != 1:
+            raise ValueError(f"tune runs one worker inside the trial; workers: {info.data.get('workers')} needs "
+                             "ray_train (or auto)")
+        return runner
+
+    @model_validator(mode="after")
+    def _defaults(self) -> TrainConfig:
+        if self.steps is None and self.epochs is None:
+            self.steps = DEFAULT_STEPS
+        if self.warmup_steps is None and self.warmup_ratio is None:
+            self.warmup_steps = DEFAULT_WARMUP_STEPS
+        return self
+
+    @property
+    def runs_in_trial(self) -> bool:
+        """Whether a sweep trial runs the loop itself (runner tune, or auto with one worker)."""
+        return self.runner == "tune" or (self.runner == "auto" and self.workers == 1)
+
+    @property
+    def per_worker(self) -> tuple[int, int]:
+        """(micro-batch size, accumulation steps) of each worker."""
+        each = self.batch_size // max(self.workers, 1)
+        micro = self.micro_batch_size or each
+        return micro, each // micro
+
+    def total_steps(self, train_rows: int) -> int:
+        """Optimizer steps of the run: `steps`, or `epochs` passes over `train_rows` rows."""
+        if self.steps is not None:
+            return self.steps
+        per_epoch = train_rows // self.batch_size
+        if per_epoch == 0:
+            raise ValueError(f"train.batch_size: {self.batch_size} sequences per step but only {train_rows} "
+                             "training rows")
+        return max(1, math.ceil(self.epochs * per_epoch))
+
+    def warmup_for(self, total_steps: int) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else math.ceil(self.warmup_ratio * total_steps)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """These settings with `overrides` applied; setting one of steps/epochs (or warmup_steps/warmup_ratio)
+        replaces the other."""
+        base = self.model_dump()
+        for one, other in (("steps", "epochs"), ("epochs", "steps"), ("warmup_steps", "warmup_ratio"),
+                           ("warmup_ratio", "warmup_steps")):
+            if overrides.get(one) is not None:
+                base[other] = None
+        return TrainConfig.model_validate({**base, **overrides})
 
 
 class EvalConfig(_Strict):
@@ -187,6 +321,14 @@ class EvalConfig(_Strict):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra vllm.LLM(...) arguments, e.g. enforce_eager
     reuse_engine: bool = True  # vllm: reload each checkpoint's weights into the running engine; false: new engine
     replicas: int = Field(1, ge=1)  # evaluator actors in the sweep's pool, each with num_cpus / num_gpus
+
+
+class ConfirmSpec(_Strict):
+    """After the search, train the top-k objectives again with new seeds; the best is the finalist with the
+    best mean over all of its seeds."""
+
+    top_k: int = Field(2, ge=1)
+    seeds: int = Field(2, ge=1)  # new seeds per finalist, numbered on from the sweep's largest seed
 
 
 class TrackingSpec(_Strict):
@@ -242,6 +384,17 @@ class SweepConfig(_Strict):
     tracking: TrackingSpec = TrackingSpec()
     storage: StorageSpec = StorageSpec()
     demo: DemoSpec | None = None  # the embedded default: what to build locally (see demo.py)
+    # Training seeds (train.seed: initialisation, data order, held-out split): the search trains with the first,
+    # then every objective it ran is trained with each other one. None: [train.seed].
+    seeds: list[int] | None = Field(None, min_length=1)
+    confirm: ConfirmSpec | None = None  # None: no confirmation stage
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds and len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
 
     @property
     def out(self) -> Path:
@@ -264,12 +417,32 @@ class SweepConfig(_Strict):
     def checkpoint_root(self) -> str:
         return self.storage.checkpoints or os.environ.get("ALPHASWEEP_STORAGE_PATH") or str(self.out / "ray")
 
+    def sweep_seeds(self) -> list[int]:
+        return self.seeds or [self.train.seed]
+
+    def confirm_seeds(self) -> list[int]:
+        """The confirmation stage's seeds: new ones, after the sweep's largest."""
+        start = max(self.sweep_seeds()) + 1
+        return list(range(start, start + self.confirm.seeds)) if self.confirm else []
+
     def pairs(self) -> list[tuple[ModelSpec, DomainSpec]]:
         return [(m, d) for m in self.models for d in self.domains]
 
-    def train_for(self, domain: DomainSpec) -> TrainConfig:
-        """The sweep's training settings with the domain's `train_overrides` applied."""
-        return TrainConfig.model_validate({**self.train.model_dump(), **domain.train_overrides})
+    def train_for(self, domain: DomainSpec, model: ModelSpec | None = None) -> TrainConfig:
+        """The sweep's training settings with the domain's `train_overrides`, then the model's, applied."""
+        settings = self.train.with_overrides(domain.train_overrides)
+        return settings.with_overrides(model.train_overrides) if model else settings
+
+    def data_for(self, model: ModelSpec, domain: DomainSpec) -> DataSpec:
+        """The domain's SFT data as this model reads it (its prompt template, unless the data names one)."""
+        if domain.train.prompt_template or not model.prompt_template:
+            return domain.train
+        return domain.train.model_copy(update={"prompt_template": model.prompt_template})
+
+    def benchmarks_for(self, model: ModelSpec, domain: DomainSpec) -> list[BenchmarkSpec]:
+        """The domain's benchmarks as this model is asked them (its prompt template, unless a spec names one)."""
+        return [b if b.prompt_template or not model.prompt_template
+                else b.model_copy(update={"prompt_template": model.prompt_template}) for b in domain.benchmarks]
 
     @model_validator(mode="after")
     def _overrides_valid(self) -> SweepConfig:
@@ -279,6 +452,14 @@ class SweepConfig(_Strict):
             except ValidationError as e:
                 err = e.errors()[0]
                 raise ValueError(f"domains.{i}.train_overrides.{_field_path(err['loc'])}: {err['msg']}") from None
+        for i, m in enumerate(self.models):
+            for d in self.domains:
+                try:
+                    self.train_for(d, m)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    raise ValueError(f"models.{i}.train_overrides.{_field_path(err['loc'])}: {err['msg']} "
+                                     f"(with domain {d.name!r})") from None
         return self
 
 

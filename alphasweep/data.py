@@ -1,7 +1,8 @@
 """SFT data: rows from a hub id or a local file, tokenized with loss on completion tokens only.
 
-Two row formats: `prompt_completion` (raw `prompt + completion + EOS`, as the base model reads text)
-and chat `messages` (rendered with the tokenizer's chat template; loss on every assistant turn).
+Two row formats: `prompt_completion` (raw `prompt + completion + EOS`, as the base model reads text, the
+prompt wrapped in the model's `prompt_template` when it has one) and chat `messages` (rendered with the
+tokenizer's chat template; loss on every assistant turn).
 Bad rows raise a `DataError` naming the file, line (or row) and field, or are skipped and counted.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alphasweep.config import DataSpec
-from alphasweep.rows import DataError, Row, check_sft_row, load_rows
+from alphasweep.rows import DataError, Row, check_sft_row, field_value, load_rows
 
 
 @dataclass
@@ -35,8 +36,12 @@ def load_sft_rows(spec: DataSpec) -> list[Row]:
 
 
 def _encode_prompt_completion(row: dict, spec: DataSpec, tok) -> Example:
-    prompt = tok(row[spec.prompt_field])["input_ids"]  # adds BOS where the tokenizer does
-    completion = tok(row[spec.completion_field], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    text = field_value(row, spec.prompt_field)
+    if spec.prompt_template:
+        text = spec.prompt_template.format(prompt=text)
+    prompt = tok(text)["input_ids"]  # adds BOS where the tokenizer does
+    completion = tok(field_value(row, spec.completion_field), add_special_tokens=False)["input_ids"]
+    completion.append(tok.eos_token_id)
     return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion))
 
 

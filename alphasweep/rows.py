@@ -8,6 +8,9 @@ Local files are read as written, without type coercion: `datasets`' JSON loader 
 from the first rows and converts (or rejects) later ones, so it blames the wrong row; here a row keeps its
 own values and its place in the file (`line N` in JSON Lines, `row N` in a JSON list or Parquet, 1-based).
 Hub ids load through `datasets`. Torch-free: `alphasweep validate` reads every row with this module.
+
+A row's field is named by its key or by a dotted path into nested columns (`field_value`): hub datasets
+often keep the text inside a struct column (the paper's data: `extra_info.question`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from typing import Any, NamedTuple
 from alphasweep.config import DataSpec
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+MISSING = object()  # what `field_value` returns for a field the row does not have
 
 
 class DataError(ValueError):
@@ -47,6 +53,21 @@ def found(value: Any) -> str:
 def looks_local(path: str) -> bool:
     """Whether `path` names a local file or folder rather than a hub id (whether or not it exists)."""
     return path.startswith(("/", ".", "~")) or Path(path).suffix in LOCAL_SUFFIXES or path.count("/") > 1
+
+
+def field_value(row: object, path: str) -> object:
+    """`row[path]` if the row has that key (a flattened column), else `row[a][b]...` for `path = "a.b..."`;
+    `MISSING` when absent."""
+    if not isinstance(row, dict):
+        return MISSING
+    if path in row:
+        return row[path]
+    node: object = row
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return MISSING
+        node = node[key]
+    return node
 
 
 # ---------------------------------------------------------------- local files
@@ -151,13 +172,14 @@ def check_sft_row(row: Any, spec: DataSpec) -> None:
         raise DataError(f"expected a JSON object, found {found(row)}")
     if spec.format == "prompt_completion":
         for name in (spec.prompt_field, spec.completion_field):
-            if name not in row:
+            value = field_value(row, name)
+            if value is MISSING:
                 raise DataError(f"missing field {name!r} (the row has {', '.join(map(repr, row)) or 'no fields'})")
-            if not isinstance(row[name], str):
-                raise DataError(f"field {name!r}: expected a string, found {found(row[name])}")
-        if not row[spec.completion_field].strip():
-            raise DataError(f"field {spec.completion_field!r}: expected a non-empty completion, found "
-                            f"{row[spec.completion_field]!r}")
+            if not isinstance(value, str):
+                raise DataError(f"field {name!r}: expected a string, found {found(value)}")
+        completion = field_value(row, spec.completion_field)
+        if not completion.strip():
+            raise DataError(f"field {spec.completion_field!r}: expected a non-empty completion, found {completion!r}")
         return
     messages = row.get(spec.messages_field)
     if not isinstance(messages, list) or not messages:

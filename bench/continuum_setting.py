@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -48,7 +49,7 @@ from alphasweep.demo import prepare_demo  # noqa: E402
 from alphasweep.evaluation.actor import Evaluator  # noqa: E402
 from alphasweep.objectives import objective_loss, parse_objective  # noqa: E402
 from alphasweep.probe import probe_capability  # noqa: E402
-from alphasweep.workers.loop import _batches, cosine_with_warmup, seed_everything  # noqa: E402
+from alphasweep.workers.setup import cosine_with_warmup, worker_batches  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
 OBJECTIVES = ["original", "GeneralFamily-0.25", "GeneralFamily-0.5", "p", "GeneralFamily-4", "OnlyTopLogP-0.5"]
@@ -74,16 +75,18 @@ def fine_tune(base: str, data, tc, objective_name: str):
     """The Ray Train worker's loop with one worker: same seeding, data split and order, optimizer, schedule,
     clipping and loss, so the weights are the ones a sweep trial trains (one torch thread)."""
     objective = parse_objective(objective_name)
-    seed_everything(tc.seed)
+    random.seed(tc.seed)
+    torch.manual_seed(tc.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     rows = load_sft_data(data, tokenizer, tc.max_length, seed=tc.seed).train
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay,
                                   betas=(0.9, 0.95))
-    scheduler = cosine_with_warmup(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-    batches = _batches(rows, tc.batch_size, tc.seed, 0, 1)
+    total_steps = tc.total_steps(len(rows))
+    scheduler = cosine_with_warmup(optimizer, tc.warmup_for(total_steps), total_steps, tc.min_lr_ratio)
+    batches = worker_batches(rows, tc.batch_size, tc.seed, 0, 1)
     model.train()
-    for _ in range(tc.steps):
+    for _ in range(total_steps):
         batch = collate(next(batches), tokenizer.pad_token_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         objective_loss(logits, batch["labels"], batch["loss_mask"], objective).backward()

@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/continuum_table.py [--seeds 0 1 2] [--out runs/continuum]
 
-Each seed changes the base's pretraining, the data, the noise draws and the fine-tunes' data order
-(`demo.base.seed`, `demo.tasks.*.seed`, `train.seed`). The table checks the paper's direction: on the
-strong pair `p` beats NLL, on the weak pair NLL beats `p`, in between they are level, in every seed.
+Each seed changes the training rows, the noise draws and the fine-tunes' data order (`demo.tasks.*.seed`,
+`seeds`) on the one base (as the paper's seeds are training seeds on one model), one sweep per seed;
+`alphasweep sweep configs/continuum.yaml` alone runs its training seeds (`seeds:`) in one command, then its
+confirmation stage. The table checks the paper's direction: on the strong pair `p` beats NLL, on the weak pair
+NLL beats `p`, in between they are level, in every seed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "continuum.yaml"
 
 def run_seed(seed: int, out: Path) -> dict:
     tasks = yaml.safe_load(CONFIG.read_text())["demo"]["tasks"]
-    sets = [f"output_dir={out}/seed{seed}", f"train.seed={seed}",
+    sets = [f"output_dir={out}/seed{seed}", f"seeds=[{seed}]", "confirm=null",
             *(f"demo.tasks.{task}.seed={seed}" for task in tasks)]
     args = sum((["--set", s] for s in sets), [])
     print(f"seed {seed}: alphasweep sweep {CONFIG} {' '.join(args)}", flush=True)

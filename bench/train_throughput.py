@@ -1,16 +1,19 @@
-"""Tokens/s of one Ray Train worker vs a plain single-process PyTorch loop, same model, data and objective.
+"""Tokens/s of the training loop run by Ray (inside a Tune trial, and by one Ray Train worker) vs a plain
+single-process PyTorch loop, same model, data and objective.
 
     .venv/bin/python bench/train_throughput.py [--steps 60] [--hidden 256] [--layers 4] [--threads 2]
 
-Both sides time the same steady-state window (after a warm-up) of forward + objective + backward +
-AdamW steps at the same thread count; the Ray figure is what the worker itself reports. Target: >= 0.9.
-On a GPU (bench/gpu/check.py) both run with the loop's bf16 autocast and micro-batches.
+Every side times the same steady-state window (after a warm-up) of forward + objective + backward +
+AdamW steps at the same thread count; the Ray figures are what the loop itself reports. Target: >= 0.9.
+On a GPU (bench/gpu/check.py) the plain loop and the Ray Train worker run with the loop's bf16 autocast and
+micro-batches.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -20,6 +23,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import ray
 import torch
+from ray import tune
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alphasweep.config import DataSpec, TrainConfig
@@ -27,7 +31,8 @@ from alphasweep.data import collate, load_sft_data
 from alphasweep.objectives import objective_loss, parse_objective
 from alphasweep.synthetic import write_task_files
 from alphasweep.tinykit import build_base
-from alphasweep.workers.trainer import build_trainer
+from alphasweep.workers.setup import TrainJob
+from alphasweep.workers.trainer import build_trainer, train_in_trial
 
 
 def plain_loop(model_path: str, data: DataSpec, tc: TrainConfig, objective: str, warmup: int,
@@ -69,13 +74,26 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def ray_worker(model_path: str, data: DataSpec, tc: TrainConfig, objective: str, warmup: int, root: Path) -> float:
-    ray.init(num_cpus=int(tc.cpus_per_worker * max(1, tc.workers)), include_dashboard=False, log_to_driver=False)
-    result = build_trainer(model_path=model_path, data=data, train=tc, objective=objective,
-                           storage_path=str(root / "ray"), name="throughput").fit()
-    ray.shutdown()
-    steady = [h for h in result.return_value if h["step"] > warmup]
+def steady_tokens_per_s(history: list[dict], warmup: int) -> float:
+    steady = [h for h in history if h["step"] > warmup]
     return sum(h["tokens_per_s"] for h in steady) / len(steady)
+
+
+def ray_train_worker(job: TrainJob, warmup: int, root: Path) -> float:
+    """One Ray Train worker (`train.runner: ray_train`)."""
+    result = build_trainer(job, storage_path=str(root / "ray"), name="throughput").fit()
+    return steady_tokens_per_s(result.return_value, warmup)
+
+
+def tune_trial(job: TrainJob, warmup: int, root: Path) -> float:
+    """The loop inside a Tune trial holding the worker's CPUs (`train.runner: tune`)."""
+    def trial(config):
+        train_in_trial(job)
+
+    grid = tune.Tuner(tune.with_resources(trial, {"CPU": job.train.cpus_per_worker}),
+                      run_config=tune.RunConfig(name="throughput", storage_path=str(root / "tune"), verbose=0)).fit()
+    rows = [json.loads(line) for line in (Path(grid[0].path) / "result.json").read_text().splitlines()]
+    return steady_tokens_per_s([r for r in rows if "tokens_per_s" in r], warmup)
 
 
 def main() -> None:
@@ -97,13 +115,18 @@ def main() -> None:
         tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=32, workers=1,
                          cpus_per_worker=args.threads, report_every=warmup, eval_every=10**6, warmup_steps=0)
         plain = plain_loop(model, data, tc, args.objective, warmup)
-        via_ray = ray_worker(model, data, tc, args.objective, warmup, root)
+        job = TrainJob(model_path=model, objective=parse_objective(args.objective), data=data, train=tc)
+        ray.init(num_cpus=int(tc.cpus_per_worker), include_dashboard=False, log_to_driver=False)
+        in_trial = tune_trial(job, warmup, root)
+        via_train = ray_train_worker(job, warmup, root)
+        ray.shutdown()
     print(f"model hidden={args.hidden} layers={args.layers}, batch {args.batch_size}, {args.threads} threads, "
           f"{args.objective}, steps {warmup}..{args.steps}")
-    print(f"{'loop':<22}{'target tokens/s':>16}")
-    print(f"{'plain PyTorch':<22}{plain:>16.0f}")
-    print(f"{'Ray Train worker':<22}{via_ray:>16.0f}")
-    print(f"ratio Ray / plain: {via_ray / plain:.3f} (target >= 0.9)")
+    print(f"{'loop':<22}{'target tokens/s':>16}{'vs plain':>10}")
+    for name, rate in (("plain PyTorch", plain), ("Tune trial", in_trial), ("Ray Train worker", via_train)):
+        print(f"{name:<22}{rate:>16.0f}{rate / plain:>10.3f}")
+    print(f"ratio Ray / plain: Tune trial {in_trial / plain:.3f}, Ray Train worker {via_train / plain:.3f} "
+          "(target >= 0.9)")
 
 
 if __name__ == "__main__":

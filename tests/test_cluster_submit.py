@@ -248,7 +248,7 @@ def cluster_dirs():
 
 
 def _config(path: Path, name: str, model: Path | str, addition) -> Path:
-    """One model x one domain, two trials at a time: their Train workers (1 CPU each) need both nodes.
+    """One model x one domain, two trials at a time: the trials (1 CPU each, training in the trial) need both nodes.
 
     No tracking URI and no Optuna storage here: they come from the submitter's environment."""
     cfg = {
@@ -257,7 +257,7 @@ def _config(path: Path, name: str, model: Path | str, addition) -> Path:
         "models": [{"name": "tiny", "path": str(model)}],
         "domains": [{"name": "addition", "train": {"path": str(addition[0]), "heldout": 16},
                      "benchmarks": [{"name": "addition", "path": str(addition[1]), "format": "exact"}]}],
-        "search": {"families": ["nll", "p", "general"], "enqueue": ["original", "p"]},
+        "search": {"families": ["nll", "p", "general"], "enqueue": ["original", "p"], "probe_warm_start": False},
         "budget": {"trials_per_pair": 2, "max_concurrent": 2},
         "train": {"steps": 8, "batch_size": 8, "learning_rate": 3e-3, "max_length": 24, "workers": 1,
                   "report_every": 4, "eval_every": 4},
@@ -315,12 +315,13 @@ def test_submitted_sweep_runs_on_both_nodes_and_records_to_postgres(sweep_job, r
     assert "best objective" in proc.stdout  # the sweep's report, streamed from the job's logs
     assert JobSubmissionClient(ray_cluster.address).get_job_status(job).value == "SUCCEEDED"
 
-    # Both nodes trained: one Train worker per trial, on distinct nodes (1 CPU each, two trials at a time).
+    # Both nodes trained: a one-worker trial trains in its own Tune trial actor (runner auto -> tune), which
+    # holds the worker's CPU; 1 CPU per node and two trials at a time put the two trial actors on distinct nodes.
     nodes = {n.node_id for n in ray_cluster.nodes()}
-    workers = list_actors(address=ray_cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True,
-                          raise_on_missing_output=False)
-    assert len(workers) == 2, workers
-    assert {w.node_id for w in workers} == nodes and len(nodes) == 2
+    actors = list_actors(address=ray_cluster.address, detail=True, raise_on_missing_output=False)
+    trials = [a for a in actors if a.class_name.endswith("ImplicitFunc")]  # Tune's function trainable
+    assert len(trials) == 2, [(a.class_name, a.node_id) for a in actors]
+    assert {t.node_id for t in trials} == nodes and len(nodes) == 2
 
     # MLflow: on the server's PostgreSQL database, nothing left RUNNING.
     client = MlflowClient(mlflow_pg_server)

@@ -37,6 +37,23 @@ def test_prompt_completion_targets_are_the_completion_and_eos(tok, tmp_path):
     assert predicted == targets
 
 
+def test_nested_fields_and_a_prompt_template(tok, tmp_path):
+    """The paper's hub data keeps its text in a struct column; a model's template wraps the prompt."""
+    rows = [{"extra_info": {"question": "12+34=", "answer": "46"}, "answer": "x"},
+            {"extra_info": {"question": "1+1=", "answer": 2}, "answer": "x"}]
+    datasets.Dataset.from_list(rows[:1]).to_parquet(str(tmp_path / "n.parquet"))  # a struct column, as the hub
+    spec = DataSpec(path=str(tmp_path / "n.parquet"), prompt_field="extra_info.question",
+                    completion_field="extra_info.answer", prompt_template="<|user|>{prompt}<|assistant|>")
+    (ex,), _ = tokenize_rows(load_sft_rows(spec), tok, spec, 64, "n.parquet")
+    prompt = tok("<|user|>12+34=<|assistant|>")["input_ids"]
+    assert ex.input_ids[: len(prompt)] == prompt and not any(ex.loss_mask[: len(prompt)])
+    assert tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask, strict=True) if m]) == "46" + tok.eos_token
+    bad = DataSpec(path=str(_write(tmp_path / "n.jsonl", rows[1:])), prompt_field="extra_info.question",
+                   completion_field="extra_info.answer")
+    with pytest.raises(DataError, match=r"n.jsonl: line 1: field 'extra_info.answer': expected a string, found int 2"):
+        tokenize_rows(load_sft_rows(bad), tok, bad, 64, "n.jsonl")
+
+
 def test_messages_train_on_every_assistant_turn_only(tok, tmp_path):
     conv = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"},
             {"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]

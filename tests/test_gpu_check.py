@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 import ray.train
+import ray.train.torch
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForCausalLM
 
-from alphasweep.workers.loop import parallelize
+from alphasweep.workers.setup import parallelize
 from alphasweep.workers.trainer import TorchTrainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,7 +175,8 @@ def test_fsdp_shards_a_single_worker(ray_local, tiny_model, tmp_path):
     `ddp` with one worker runs the plain model."""
 
     def wrapped(config):
-        model = parallelize(AutoModelForCausalLM.from_pretrained(config["path"]), config["strategy"], 1)
+        model = parallelize(AutoModelForCausalLM.from_pretrained(config["path"]), config["strategy"], 1,
+                            ray.train.torch.get_device())
         return {"fsdp": isinstance(model, FSDPModule), "type": type(model).__name__}
 
     kinds = {}

@@ -131,7 +131,18 @@ def test_quantile_cut_is_the_quantile_of_masked_tokens():
 def test_stats():
     logits, labels = logits_with_target_p([0.2, 0.4, 0.9])
     _, stats = objective_loss_with_stats(logits, labels, torch.tensor([1, 1, 0]), parse_objective("OnlyTopP-0.3"))
-    assert stats == pytest.approx({"selected_share": 0.5, "mean_p": 0.3, "tokens": 2.0})
+    assert stats == pytest.approx({"selected": 1.0, "selected_share": 0.5, "mean_p": 0.3, "tokens": 2.0})
+
+
+def test_sum_reduction_is_the_mean_times_the_selected_tokens():
+    """`reduction="sum"` is what a caller dividing by a whole global batch's selected tokens needs."""
+    logits, labels = logits_with_target_p(PS)
+    mask = torch.ones(len(PS), dtype=torch.bool)
+    for name in ("original", "GeneralFamily-2", "OnlyTopP-0.4", "TopQuantileP-0.5"):
+        mean, stats = objective_loss_with_stats(logits, labels, mask, parse_objective(name))
+        total, summed_stats = objective_loss_with_stats(logits, labels, mask, parse_objective(name), reduction="sum")
+        assert summed_stats == stats and 0 < stats["selected"] <= len(PS)
+        assert total.item() == pytest.approx(mean.item() * stats["selected"], rel=1e-5), name
 
 
 @pytest.mark.parametrize("name", ONE_OF_EACH + ["GeneralFamily-16", "GeneralFamily-1e-8", "GeneralFamily--1e-8"])
@@ -151,7 +162,7 @@ def test_nothing_selected_gives_zero_loss_and_gradient(name):
     loss, stats = objective_loss_with_stats(logits, labels, torch.zeros(2, 5, dtype=torch.bool), parse_objective(name))
     loss.backward()
     assert loss.item() == 0.0 and logits.grad is not None and not logits.grad.any()
-    assert stats == {"selected_share": 0.0, "mean_p": 0.0, "tokens": 0.0}
+    assert stats == {"selected": 0.0, "selected_share": 0.0, "mean_p": 0.0, "tokens": 0.0}
     # A cut that keeps nothing (all p above a bottom cut) behaves the same.
     logits, labels = logits_with_target_p([0.8, 0.9])
     logits.requires_grad_()

@@ -146,6 +146,9 @@ def test_math_correct_off_the_main_thread():
     ("After weighing the options, the correct option is D.", "D"),
     ("Answer: **E**", "E"),
     ("\\boxed{A}", "A"),
+    ("So the final answer is $\\boxed{B. Acute pancreatitis}$", "B"),
+    ("\\boxed{\\text{D}}", "D"),
+    ("\\boxed{Aspirin}", None),
     ("C. Because it is", "C"),
     ("B", "B"),
     ("I think the answer is a number", None),
@@ -170,4 +173,4 @@ def test_exact():
     assert not exact_correct("4", "46")
     assert not exact_correct("466", "46")
     assert not exact_correct("", "46")
-    assert set(SCORERS) == {"math", "choice", "exact"}
+    assert set(SCORERS) == {"math", "choice", "exact", "exact_similarity"}

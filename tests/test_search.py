@@ -10,7 +10,15 @@ from ray.tune.search import Searcher
 from alphasweep.config import ConfigError, SearchSpec
 from alphasweep.objectives import parse_objective
 from alphasweep.orchestrator.results import pair_summary
-from alphasweep.orchestrator.space import ObjectiveSampler, PairSearch, SearchSpace, objective_of, point_of
+from alphasweep.orchestrator.space import (
+    ObjectiveSampler,
+    PairSearch,
+    SearchSpace,
+    objective_of,
+    point_of,
+    searched,
+    warm_points,
+)
 from alphasweep.orchestrator.sweep import fail_stale_trials
 
 
@@ -57,7 +65,7 @@ def test_enqueued_names_become_points_and_foreign_families_are_refused():
 def _searcher(storage, name="m/d", points=None, signal=None):
     return PairSearch(SearchSpace(SearchSpec(families=["nll", "p", "general"])), metric="score", mode="max",
                       points_to_evaluate=points, study_name=name, storage=storage, signal=signal,
-                      sampler=optuna.samplers.TPESampler(seed=0), constants={"train_learning_rate": 1e-3})
+                      sampler=optuna.samplers.TPESampler(seed=0), constants={"train_learning_rate": 1e-3, "seed": 0})
 
 
 def test_trials_stopped_early_reach_optuna_as_pruned_not_complete(tmp_path):
@@ -132,6 +140,19 @@ def test_a_finite_space_ends_the_search_once_every_objective_has_run(tmp_path):
     assert searcher.suggest("t2") == Searcher.FINISHED
     study = optuna.load_study(study_name="m/d", storage=storage)
     assert sorted(objective_of(t.params).name for t in study.trials) == ["original", "p"]
+
+
+def test_warm_start_runs_the_probes_suggestions_in_searched_families_then_the_enqueued_baselines():
+    search = SearchSpec(families=["nll", "p", "general", "top_logp"], enqueue=["original", "p"])
+    strong = ["p", "GeneralFamily-4", "OnlyTopP-0.5"]  # top_p is not searched: its searched twin runs instead
+    assert searched("OnlyTopP-0.5", search) == "OnlyTopLogP-0.5" and searched("dft", search) is None
+    names = [objective_of(p).name for p in warm_points(search, strong)]
+    assert names == ["p", "GeneralFamily-4", "OnlyTopLogP-0.5", "original"]
+    assert [objective_of(p).name for p in warm_points(search, strong, tried={"p", "original"})] == [
+        "GeneralFamily-4", "OnlyTopLogP-0.5"]
+    no_probe = search.model_copy(update={"probe_warm_start": False})
+    assert [objective_of(p).name for p in warm_points(no_probe, strong)] == ["original", "p"]
+    assert searched("OnlyBottomLogP-0.2", SearchSpec(families=["nll", "bottom_p"])) == "OnlyBottomP-0.2"
 
 
 def test_the_schedulers_signal_becomes_intermediate_values_higher_is_better(tmp_path):

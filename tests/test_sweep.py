@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from alphasweep.config import SearchSpec
 from alphasweep.objectives import parse_objective
+from alphasweep.orchestrator.space import objective_of, warm_points
 from alphasweep.synthetic import write_task_files
 from local_services import mlflow_server as mlflow_server_at
 
@@ -83,6 +86,10 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         ray_local, tmp_path, tiny_model, addition_files, cipher_files, mlflow_server):
     config = _config(tmp_path, tiny_model, addition_files, cipher_files, tracking={"mlflow_uri": mlflow_server},
                      scheduler={"kind": "none", "signal": "benchmark", "signal_limit": 8})
+    raw = yaml.safe_load(config.read_text())  # a model's own learning rate; a benchmark with two metrics
+    raw["models"][0]["train_overrides"] = {"learning_rate": 2e-3}
+    raw["domains"][1]["benchmarks"][0].update(scorer="exact_similarity", metric="similarity")
+    config.write_text(yaml.safe_dump(raw))
     proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best objective" in proc.stdout and "mlflow" in proc.stdout.lower()
@@ -102,16 +109,28 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         assert {"model", "domain", "tune_trial_id", "optuna_trial"} <= set(r.data.tags)
         assert "score" in r.data.metrics and "loss" in r.data.metrics and r.info.status == "FINISHED"
         assert 0 <= r.data.metrics["signal_score"] <= 1 and r.data.metrics["startup_s"] > 0
+        assert float(r.data.params["learning_rate"]) == 2e-3  # the model's train_overrides
+        if r.data.tags["domain"] == "cipher":  # the score follows the metric the benchmark names
+            assert {"cipher.exact_match", "cipher.similarity"} <= set(r.data.metrics)
+            assert r.data.metrics["score"] == r.data.metrics["score.cipher"] == r.data.metrics["cipher.similarity"]
+        else:
+            assert not any(k.startswith("addition.") for k in r.data.metrics)
+        assert r.data.metrics["score_ci_low"] <= r.data.metrics["score"] <= r.data.metrics["score_ci_high"]
+        assert r.data.tags["stage"] == "search" and r.data.tags["seed"] == "0"
     for r in parents:
         assert "probe_mean_p" in r.data.metrics and r.info.status == "FINISHED"
 
     storage = f"sqlite:///{tmp_path}/out/optuna.db"
     studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert set(studies) == {"tiny/addition", "tiny/cipher"}
+    search = SearchSpec(families=["nll", "p", "general"], enqueue=["original", "p"])
     for name in studies:
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(states=(TrialState.COMPLETE,))
         assert len(trials) == 3
-        assert {t.params["family"] for t in trials[:2]} == {"nll", "p"}  # the enqueued warm start ran first
+        # the warm start ran first: the probe's suggestions, then the enqueued NLL and p
+        warm = [objective_of(p).name for p in warm_points(search, study.user_attrs["probe"]["suggestions"])]
+        assert [objective_of(t.params).name for t in trials] == warm[:3] and {"original", "p"} <= set(warm)
 
     report = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)
     assert report["mlflow_uri"] == mlflow_server and report["optuna_storage"] == storage
@@ -121,17 +140,46 @@ def test_two_pairs_three_trials_end_to_end_on_an_mlflow_server(
         mlflow_scores = {r.data.params["objective"]: r.data.metrics["score"] for r in children
                          if r.data.tags["domain"] == pair["domain"]}
         assert pair["scores"] == pytest.approx(mlflow_scores)
+        # one seed, one benchmark of 16 items scored once: Wilson intervals and exact McNemar comparisons
+        for o in pair["objectives"].values():
+            assert o["ci_method"] == "wilson" and o["n_items"] == 16 and o["ci"][0] <= o["score"] <= o["ci"][1]
+        up, best = pair["vs_runner_up"], pair["best_objective"]
+        assert up["method"] == "exact McNemar" and up["ci"][0] <= up["difference"] <= up["ci"][1]
+        assert up["difference"] == pytest.approx(pair["scores"][best] - pair["scores"][up["objective"]])
+        assert pair["decided"] is up["decided"] is (up["ci"][0] > 0)
+        assert (pair["vs_nll"] is None) is (best == "original")
+        assert pair["verdict"].startswith("best: " if pair["decided"] else "tie: ")
+        parent = next(r for r in parents if r.data.tags["domain"] == pair["domain"])
+        assert parent.data.tags["verdict"] == pair["verdict"] and f"{pair['domain']}: {pair['verdict']}" in proc.stdout
+        # the parent's results table: the mean over seeds with its interval beside it, best first
+        (tmp_path / pair["domain"]).mkdir()
+        table = json.loads(Path(client.download_artifacts(parent.info.run_id, "results.json",
+                                                          str(tmp_path / pair["domain"]))).read_text())
+        assert table["columns"][:5] == ["objective", "score", "ci_low", "ci_high", "seeds"]
+        rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+        assert [r["objective"] for r in rows] == list(pair["objectives"]) and rows[0]["objective"] == best
+        for r in rows:
+            assert [r["score"], r["ci_low"], r["ci_high"]] == pytest.approx(
+                [pair["scores"][r["objective"]], *pair["objectives"][r["objective"]]["ci"]])
 
 
+@pytest.mark.parametrize("runner", ["tune", "ray_train"])
 def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, tiny_model, addition_files,
-                                                          cipher_files):
+                                                          cipher_files, runner):
     """ASHA on held-out NLL, one trial at a time: the untrained base barely moves under `p` (its gradient
     weight p is tiny where p is small), so at the first rung `p` is behind NLL and is stopped. The stopped
-    trial is PRUNED with no value in Optuna, KILLED with `stopped_early` in MLflow, counted by the report."""
+    trial is PRUNED with no value in Optuna, KILLED with `stopped_early` in MLflow, counted by the report.
+    With `tune` each trial holds both CPUs of the test cluster, so the trial after the stopped one starts only
+    if the stopped one gave them back. (With `ray_train` the stopped run's workers are freed by Ray Train's
+    placement-group cleaner, whose State API query fails on a machine running several Ray instances, as
+    shared test machines do; so there each worker takes one CPU and the next trial fits beside a leak.)"""
     config = _config(tmp_path, tiny_model, addition_files, cipher_files,
                      budget={"trials_per_pair": 3, "max_concurrent": 1},
+                     search={"families": ["nll", "p", "general"], "enqueue": ["original", "p"],
+                             "probe_warm_start": False},
                      scheduler={"kind": "asha", "grace_steps": 4, "reduction_factor": 2},
-                     train__steps=12, train__report_every=4, train__eval_every=4)
+                     train__steps=12, train__report_every=4, train__eval_every=4,
+                     train__cpus_per_worker=2 if runner == "tune" else 1, train__runner=runner)
     raw = yaml.safe_load(config.read_text())
     raw["domains"] = raw["domains"][:1]
     config.write_text(yaml.safe_dump(raw))
@@ -145,7 +193,7 @@ def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, t
     assert by_family["nll"].state == TrialState.COMPLETE and by_family["nll"].value is not None, states
     # a stopped trial's value is its last signal, the held-out NLL negated: below any accuracy
     assert by_family["p"].state == TrialState.PRUNED and by_family["p"].value < 0
-    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3, proc.stdout[-3000:]
 
     runs = {r.data.params["objective"]: r for r in _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
             if r.data.tags.get("alphasweep.kind") == "trial"}
@@ -155,6 +203,49 @@ def test_asha_stops_a_trial_early_and_every_store_says_so(ray_local, tmp_path, t
 
     pair = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)["pairs"][0]
     assert pair["stopped_early"] >= 1 and "p" not in pair["scores"] and pair["best_objective"] != "p"
+
+
+def _trial_pid_after_a_checkpoint(ray_dir: Path) -> int | None:
+    """The pid of a Tune trial whose report carrying a checkpoint the driver has taken (its `result.json`)."""
+    for path in ray_dir.glob("*/*/result.json"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("checkpoint_dir_name"):
+                return row["pid"]
+    return None
+
+
+def test_a_trial_whose_process_dies_resumes_from_its_checkpoint(ray_local, tmp_path, tiny_model, addition_files,
+                                                                 cipher_files):
+    """A one-worker trial trains in the Tune trial itself: kill its process after its first checkpoint, and
+    Tune's FailureConfig restarts it from that checkpoint; it finishes as one trial, one MLflow run."""
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files,
+                     budget={"trials_per_pair": 1, "max_concurrent": 1},
+                     train__steps=400, train__checkpoint_every=8, train__report_every=8, train__eval_every=400,
+                     train__max_failures=1)
+    raw = yaml.safe_load(config.read_text())
+    raw["domains"] = raw["domains"][:1]
+    config.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "alphasweep.cli", "sweep", str(config)],
+                                  env={**os.environ, **_ray_env(ray_local)}, stdout=out, stderr=subprocess.STDOUT)
+    deadline, killed = time.time() + 600, None
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        killed = _trial_pid_after_a_checkpoint(tmp_path / "out" / "ray")
+        time.sleep(0.2)
+    assert killed, "no trial reported a checkpoint before the sweep ended"
+    os.kill(killed, signal.SIGKILL)
+    assert driver.wait(timeout=900) == 0, log.read_text()[-3000:]
+
+    trials = optuna.load_study(study_name="tiny/addition", storage=f"sqlite:///{tmp_path}/out/optuna.db").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE]
+    runs = [r for r in _runs(f"sqlite:///{tmp_path}/out/mlflow.db", "e2e")
+            if r.data.tags.get("alphasweep.kind") == "trial"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "score" in runs[0].data.metrics
+    client = MlflowClient(f"sqlite:///{tmp_path}/out/mlflow.db")
+    resumes = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "resumes")}
+    assert resumes[400] == 1 and min(step for step, n in resumes.items() if n == 1) > 8, resumes
 
 
 def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model, addition_files, cipher_files):
@@ -213,6 +304,73 @@ def test_killed_sweep_resumes_without_duplicates(ray_local, tmp_path, tiny_model
         assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert f"{broken}: line 2: not valid JSON" in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert [p.read_bytes() for p in stores] == before, field
+
+
+def test_seeds_and_a_confirmation_stage_survive_a_kill_resume_and_extend(ray_local, tmp_path, tiny_model,
+                                                                        addition_files, cipher_files):
+    """`seeds: [0, 1]` and `confirm: {top_k: 1, seeds: 1}` on one pair with two objectives, one trial at a time:
+    killed while the confirmation trains, resumed, then extended by one search trial."""
+    config = _config(tmp_path, tiny_model, addition_files, cipher_files, seeds=[0, 1],
+                     confirm={"top_k": 1, "seeds": 1}, budget={"trials_per_pair": 2, "max_concurrent": 1})
+    raw = yaml.safe_load(config.read_text())
+    raw["domains"] = raw["domains"][:1]
+    config.write_text(yaml.safe_dump(raw))
+    storage, mlflow_uri = f"sqlite:///{tmp_path}/out/optuna.db", f"sqlite:///{tmp_path}/out/mlflow.db"
+
+    def repeats(*states):
+        study = optuna.load_study(study_name="tiny/addition/repeats", storage=storage)
+        return [(t.user_attrs["stage"], t.user_attrs["seed"]) for t in study.get_trials(states=states)]
+
+    driver = subprocess.Popen([sys.executable, "-m", "alphasweep.cli", "sweep", str(config)],
+                              env={**os.environ, **_ray_env(ray_local)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while time.time() < deadline and driver.poll() is None:  # kill it while the confirmation trains
+        time.sleep(1)
+        try:
+            if ("confirm", 2) in repeats(TrialState.RUNNING):
+                break
+        except Exception:  # noqa: BLE001 - the database, or the repeats study, is still being created
+            continue
+    assert driver.poll() is None, "the sweep ended before the test could interrupt it"
+    driver.kill()
+    driver.wait()
+    assert sorted(repeats(TrialState.COMPLETE)) == [("seeds", 1), ("seeds", 1)]
+
+    proc = _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 2 and "--resume" in proc.stderr  # an unfinished stage is not resumed silently
+    proc = _cli("sweep", str(config), "--resume", env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 interrupted trial(s) marked failed" in proc.stdout and "confirm stage: 1 run(s)" in proc.stdout
+    assert sorted(repeats(TrialState.COMPLETE)) == [("confirm", 2), ("seeds", 1), ("seeds", 1)]
+    assert repeats(TrialState.FAIL) == [("confirm", 2)]
+    search = optuna.load_study(study_name="tiny/addition", storage=storage)
+    assert len(search.trials) == 2 and {t.user_attrs["seed"] for t in search.trials} == {0}  # no repeat in it
+
+    trials = [r for r in _runs(mlflow_uri, "e2e") if r.data.tags.get("alphasweep.kind") == "trial"]
+    finished = sorted((r.data.tags["stage"], r.data.tags["seed"]) for r in trials if r.info.status == "FINISHED")
+    assert finished == [("confirm", "2"), ("search", "0"), ("search", "0"), ("seeds", "1"), ("seeds", "1")]
+    # the killed confirmation's run, if it had started, is FAILED, not left RUNNING
+    assert {(r.data.tags["stage"], r.info.status) for r in trials if r.info.status != "FINISHED"} <= {
+        ("confirm", "FAILED")}
+    assert all(r.data.tags["mlflow.parentRunId"] for r in trials)
+
+    pair = json.loads(_cli("report", str(tmp_path / "out"), "--json").stdout)["pairs"][0]
+    best = pair["objectives"][pair["best_objective"]]
+    assert best["confirmed"] and set(best["seeds"]) == {"0", "1", "2"} and pair["seeds"] == [0, 1, 2]
+    assert best["score"] == pytest.approx(sum(best["seeds"].values()) / 3)
+    # the envelope of the t interval over seeds and the interval over items of the 3 runs pooled
+    assert best["ci_method"] in ("t over seeds and wilson over items", "t over seeds and bootstrap over items")
+    assert best["ci"][0] <= best["score"] <= best["ci"][1]
+    other = next(o for name, o in pair["objectives"].items() if name != pair["best_objective"])
+    assert not other["confirmed"] and set(other["seeds"]) == {"0", "1"}
+    assert pair["vs_runner_up"]["seeds"] == [0, 1] and isinstance(pair["decided"], bool) and pair["verdict"]
+
+    proc = _cli("sweep", str(config), "--extend", "1", env=_ray_env(ray_local), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(search.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert sorted(repeats(TrialState.COMPLETE)).count(("seeds", 1)) == 3  # the new objective got its second seed
+    assert _cli("sweep", str(config), env=_ray_env(ray_local), timeout=900).returncode == 0  # finished: reports
 
 
 @pytest.mark.parametrize(

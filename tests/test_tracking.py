@@ -27,21 +27,24 @@ def test_parent_run_holds_the_pairs_config_and_a_results_table(tmp_path):
     config = {"model": {"name": "tiny", "path": "/m"}, "train": {"steps": 8, "learning_rate": 0.001},
               "search": {"families": ["nll", "top_logp"], "learning_rate": None}}
     parent = tracking.open_parent_run(client, exp_id, "tiny", "add", config)
-    rows = [{"objective": "OnlyTopLogP-0.474", "alpha": 0.0, "threshold": 0.474, "score": 0.93, "trials": 1,
-             "mlflow_run_id": "abc"},
-            {"objective": "original", "alpha": 0.0, "threshold": None, "score": 0.5, "trials": 2,
-             "mlflow_run_id": None}]
-    tracking.log_results(client, parent, rows, exp_id)
+    rows = [{"objective": "OnlyTopLogP-0.474", "score": 0.93, "ci_low": 0.88, "ci_high": 0.96, "seeds": 1,
+             "alpha": 0.0, "threshold": 0.474, "mlflow_run_id": "abc"},
+            {"objective": "original", "score": 0.5, "ci_low": 0.43, "ci_high": 0.57, "seeds": 1, "alpha": 0.0,
+             "threshold": None, "mlflow_run_id": None}]
+    verdict = "best: OnlyTopLogP-0.474, ahead of NLL by +43.0 [+35.5, +50.0] points"
+    tracking.log_results(client, parent, rows, exp_id, verdict)
 
     run = client.get_run(parent)
     assert run.data.params == {"model.name": "tiny", "model.path": "/m", "train.steps": "8",
                                "train.learning_rate": "0.001", "search.families": "nll, top_logp"}
     assert run.data.tags[tracking.BEST_RUN_TAG] == "abc"
     note = run.data.tags[tracking.NOTE_TAG]
-    assert "**Best objective: OnlyTopLogP-0.474**" in note and f"(#/experiments/{exp_id}/runs/abc)" in note
+    assert "**Best objective: OnlyTopLogP-0.474** (score 0.93 [0.88, 0.96])" in note and verdict in note
+    assert f"(#/experiments/{exp_id}/runs/abc)" in note
     table = json.loads((tmp_path / "artifacts" / parent / "artifacts" / "results.json").read_text())
-    assert table["columns"] == ["objective", "alpha", "threshold", "score", "trials", "mlflow_run_id"]
-    assert table["data"][0][:5] == ["OnlyTopLogP-0.474", 0.0, 0.474, 0.93, 1]
+    assert table["columns"] == ["objective", "score", "ci_low", "ci_high", "seeds", "alpha", "threshold",
+                                "mlflow_run_id"]
+    assert table["data"][0][:7] == ["OnlyTopLogP-0.474", 0.93, 0.88, 0.96, 1, 0.0, 0.474]
     assert {"path": "results.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
 
     # a resumed sweep reopens the same parent, keeps its params and replaces its config file
@@ -62,3 +65,9 @@ def test_the_printed_link_opens_the_model_training_view_with_the_shared_columns(
     assert tracking.ui_command("http://mlflow:5000", "3") == (None, "http://mlflow:5000/#/experiments/3/runs?"
                                                                     "workflowType=machine_learning&viewStateShareKey="
                                                                     f"{tracking.VIEW_KEY}")
+
+
+def test_a_repeats_run_name_says_its_stage_and_seed():
+    p = parse_objective("p")
+    assert tracking.run_name(p, "tiny/add", 3) == "p | tiny/add #3"
+    assert tracking.run_name(p, "tiny/add", 1, "confirm", 2) == "p | tiny/add confirm #1, seed 2"

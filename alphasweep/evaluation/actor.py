@@ -37,7 +37,7 @@ import psutil
 from alphasweep.config import BenchmarkSpec, EvalConfig
 from alphasweep.evaluation.backends import make_backend, resolve_backend, resolve_checkpoint, vllm_build
 from alphasweep.evaluation.benchmarks import Benchmark, load_benchmark, resolve_spec
-from alphasweep.evaluation.scorers import EXTRACTORS, SCORERS
+from alphasweep.evaluation.scorers import EXTRACTORS, METRICS
 
 __all__ = ["Evaluator", "EvaluatorPool", "evaluate_on_pool", "evaluate_with_timeout", "get_evaluator",
            "get_evaluator_pool"]
@@ -60,9 +60,9 @@ class Evaluator:
 
     def evaluate(self, checkpoint: str, benchmarks: list[BenchmarkSpec | dict | str],
                  limit: int | None = None) -> dict[str, Any]:
-        """Generate and score; returns scores (avg@k), pass@k, n per benchmark, mean_score, per-sample
-        records and the wall-clock seconds. Bad checkpoints raise FileNotFoundError, bad benchmarks
-        ValueError, before any model is loaded."""
+        """Generate and score; returns scores (avg@k of each benchmark's metric), every metric per benchmark
+        (`metrics`), pass@k, n per benchmark, mean_score, per-sample records and the wall-clock seconds.
+        Bad checkpoints raise FileNotFoundError, bad benchmarks ValueError, before any model is loaded."""
         started = time.perf_counter()
         path = resolve_checkpoint(checkpoint)
         loaded = self._benchmarks_for(benchmarks, limit)
@@ -133,36 +133,42 @@ class Evaluator:
     def _score(self, loaded: list[Benchmark], started: float) -> dict[str, Any]:
         """Generate on every benchmark with the loaded model and score the completions."""
         k = self.cfg.n_samples
-        scores, pass_at_k, counts, records = {}, {}, {}, []
+        scores, metrics, pass_at_k, counts, records = {}, {}, {}, {}, []
         for bench in loaded:
             t0 = time.perf_counter()
             prompts = bench.prompts(self.backend.tokenizer)
             completions = self.backend.generate(prompts, k)
-            score, extract = SCORERS[bench.scorer], EXTRACTORS[bench.scorer]
-            correct_total, solved = 0, 0
+            measures, extract = METRICS[bench.scorer], EXTRACTORS[bench.scorer]
+            correct_name = next(iter(measures))  # the first metric is correctness: pass@k counts it
+            totals, solved = dict.fromkeys(measures, 0.0), 0
             for item, prompt, samples in zip(bench.items, prompts, completions, strict=True):
                 marks = []
                 for s, completion in enumerate(samples):
-                    ok = bool(score(completion, item.gold))
+                    values = {name: float(measure(completion, item.gold)) for name, measure in measures.items()}
+                    ok = values[correct_name] == 1.0
                     marks.append(ok)
+                    for name, value in values.items():
+                        totals[name] += value
                     records.append({
                         "benchmark": bench.name, "index": item.index, "sample": s, "prompt": prompt,
                         "completion": completion, "extracted": extract(completion), "gold": item.gold,
-                        "correct": ok,
+                        "correct": ok, **({"metrics": values} if len(values) > 1 else {}),
                     })
-                correct_total += sum(marks)
                 solved += any(marks)
             n = len(bench.items)
-            scores[bench.name] = correct_total / (n * k)
+            metrics[bench.name] = {name: total / (n * k) for name, total in totals.items()}
+            scores[bench.name] = metrics[bench.name][bench.metric]
             pass_at_k[bench.name] = solved / n
             counts[bench.name] = n
-            self._log(f"[eval] {bench.name}: n={n} accuracy={scores[bench.name]:.4f}"
+            self._log(f"[eval] {bench.name}: n={n} "
+                      + " ".join(f"{name}={value:.4f}" for name, value in metrics[bench.name].items())
                       + (f" pass@{k}={pass_at_k[bench.name]:.4f}" if k > 1 else "")
                       + f" ({time.perf_counter() - t0:.1f}s)")
         return {
             "checkpoint": self.backend.path,
             "backend": self.backend.name,
             "scores": scores,
+            "metrics": metrics,
             "pass_at_k": pass_at_k,
             "k": k,
             "n": counts,

@@ -47,7 +47,8 @@ def write_records(records: list[dict], out_path: str | Path) -> Path:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """benchmark | n | accuracy (| pass@k when k > 1), then the mean; an error result prints its message."""
+    """benchmark | n | accuracy (| pass@k when k > 1), then the mean, then every metric of a benchmark that
+    reports several (its accuracy column is the metric it names); an error result prints its message."""
     if "error" in result:
         return f"error: {result['error']}"
     k = result.get("k", 1)
@@ -58,4 +59,6 @@ def format_table(result: dict[str, Any]) -> str:
     mean = (["mean", str(sum(result["n"].values())), f"{result['mean_score']:.4f}"]
             + ([f"{sum(result['pass_at_k'].values()) / len(names):.4f}"] if k > 1 else []))
     table = text_table(header, rows, right=range(1, len(header)), footer=mean)
-    return table + f"\n{result.get('backend', '')} backend, {result['seconds']:.1f}s"
+    several = [f"{name}: " + ", ".join(f"{metric} {v:.4f}" for metric, v in values.items())
+               for name, values in result.get("metrics", {}).items() if len(values) > 1]
+    return "\n".join([table, *several]) + f"\n{result.get('backend', '')} backend, {result['seconds']:.1f}s"

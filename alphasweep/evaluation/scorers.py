@@ -1,9 +1,11 @@
-"""Answer extraction and scoring: math (via math-verify), multiple choice, exact match.
+"""Answer extraction and scoring: math (via math-verify), multiple choice, exact match, string similarity.
 
 Each scorer kind has an `extract_<kind>(completion) -> str | None` (what the records show as
-"extracted") and a `<kind>_correct(completion, gold) -> bool`. `SCORERS` and `EXTRACTORS` map the kind
-names used by `BenchmarkSpec.scorer` to them. Nothing here raises on odd model output: a completion
-that cannot be read is simply wrong.
+"extracted") and a `<kind>_correct(completion, gold) -> bool`. `METRICS` lists every metric a kind reports
+per completion (the first is its correctness, which accuracy and pass@k count; `exact_similarity` adds a
+Jaro-Winkler similarity); `SCORERS` and `EXTRACTORS` map the kind names used by `BenchmarkSpec.scorer` to
+the correctness and the extractor. Nothing here raises on odd model output: a completion that cannot be
+read is simply wrong.
 
 math-verify guards its parsing and comparison with `signal.alarm`, which only works in the main thread;
 elsewhere (a threaded Ray actor, a thread pool) the timeouts are switched off rather than crashing.
@@ -16,8 +18,11 @@ import logging
 import re
 import threading
 
+from rapidfuzz.distance import JaroWinkler
+
 __all__ = [
     "EXTRACTORS",
+    "METRICS",
     "SCORERS",
     "choice_correct",
     "exact_correct",
@@ -29,6 +34,7 @@ __all__ = [
     "normalize_exact",
     "normalize_math_gold",
     "OPTION_LETTERS",
+    "similarity",
 ]
 
 MATH_TIMEOUT_S = 5  # per parse / per comparison, main thread only
@@ -191,7 +197,8 @@ _LETTER = f"([{OPTION_LETTERS}])"
 _CHOICE_PATTERNS = [
     # "the answer is (C)", "Answer: C", "answer is: C.", "correct option is C"
     re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*\(?\**\s*" + _LETTER + r"\b"),
-    re.compile(r"\\boxed\{\s*\(?" + _LETTER + r"\)?\s*\}"),
+    # "\boxed{C}", "\boxed{C. Aspirin}", "\boxed{\text{C}}"
+    re.compile(r"\\boxed\{\s*(?:\\text\{\s*)?\(?" + _LETTER + r"\)?(?=[\s.:)}]|$)"),
     re.compile(r"\(" + _LETTER + r"\)"),
 ]
 
@@ -251,5 +258,23 @@ def exact_correct(completion: str, answer) -> bool:
     return False
 
 
-SCORERS = {"math": math_correct, "choice": choice_correct, "exact": exact_correct}
-EXTRACTORS = {"math": extract_math, "choice": extract_choice, "exact": extract_exact}
+def similarity(completion: str, answer) -> float:
+    """Jaro-Winkler similarity (rapidfuzz; prefix weight 0.1, prefix up to 4) of the answer line and the gold,
+    both stripped and lower-cased, as the paper scores its figlet-font answers. The answer line is the
+    completion's first non-empty line, as `exact_correct` judges a one-line gold."""
+    lines = [line for line in (completion or "").splitlines() if line.strip()]
+    predicted = lines[0].strip().lower() if lines else ""
+    return float(JaroWinkler.similarity(predicted, str(answer).strip().lower()))
+
+
+# Every metric of a scorer kind, per completion. The first is the kind's correctness (True/False), which
+# accuracy and pass@k count; `BenchmarkSpec.metric` names the one a benchmark's score follows.
+METRICS = {
+    "math": {"accuracy": math_correct},
+    "choice": {"accuracy": choice_correct},
+    "exact": {"accuracy": exact_correct},
+    "exact_similarity": {"exact_match": exact_correct, "similarity": similarity},
+}
+SCORERS = {kind: next(iter(metrics.values())) for kind, metrics in METRICS.items()}
+EXTRACTORS = {"math": extract_math, "choice": extract_choice, "exact": extract_exact,
+              "exact_similarity": extract_exact}

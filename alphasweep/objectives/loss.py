@@ -9,6 +9,7 @@ runs on every training path (padded, packed, DDP, FSDP).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -167,7 +168,8 @@ def _token_loss(objective: Objective, logp: Tensor) -> Tensor:
 def _selected_loss(
     logits: Tensor, labels: Tensor, loss_mask: Tensor, objective: Objective, chunk_elements: int
 ) -> tuple[Tensor, Tensor, int]:
-    """The loss, the detached p of the masked tokens and how many of them the objective selects."""
+    """The loss summed over the selected tokens, the detached p of the masked tokens and how many of them the
+    objective selects."""
     logp = target_log_prob(logits, labels, loss_mask, chunk_elements=chunk_elements)
     p = logp.detach().exp()
     spec = objective.spec
@@ -175,7 +177,7 @@ def _selected_loss(
     if spec.side is not None and p.numel():
         cut = _quantile(p, objective.threshold) if spec.param == "quantile" else objective.threshold
         chosen = logp[p >= cut] if spec.side == "top" else logp[p < cut]
-    return _token_loss(objective, chosen).sum() / max(chosen.numel(), 1), p, chosen.numel()
+    return _token_loss(objective, chosen).sum(), p, chosen.numel()
 
 
 def objective_loss(
@@ -192,7 +194,8 @@ def objective_loss(
     logits [..., T, V] (any float dtype), labels [..., T] already aligned with logits (the caller shifts;
     values at masked-off positions are ignored), loss_mask [..., T] bool or 0/1.
     """
-    return _selected_loss(logits, labels, loss_mask, objective, chunk_elements)[0]
+    loss, _, selected = _selected_loss(logits, labels, loss_mask, objective, chunk_elements)
+    return loss / max(selected, 1)
 
 
 def objective_loss_with_stats(
@@ -202,12 +205,18 @@ def objective_loss_with_stats(
     objective: Objective,
     *,
     chunk_elements: int = CHUNK_ELEMENTS,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> tuple[Tensor, dict[str, float]]:
-    """`objective_loss` plus statistics for logging, as python floats: `selected_share` (selected / masked
-    tokens), `mean_p` (mean target probability of the masked tokens) and `tokens` (masked tokens), all 0
-    when no token is masked. Floats cost one wait for the device, which the loss already waits on once to
-    find the masked rows, and spare the caller any tensor handling.
+    """`objective_loss` plus statistics, as python floats: `selected` (tokens the mask and any cut select),
+    `selected_share` (selected / masked tokens), `mean_p` (mean target probability of the masked tokens) and
+    `tokens` (masked tokens), all 0 when no token is masked. `reduction="sum"` returns the loss summed over
+    the selected tokens instead of their mean, for a caller that divides by the selected tokens of a larger
+    batch (`selected` summed over its parts). Floats cost one wait for the device, which the loss already
+    waits on once to find the masked rows, and spare the caller any tensor handling.
     """
     loss, p, selected = _selected_loss(logits, labels, loss_mask, objective, chunk_elements)
     masked = max(p.numel(), 1)
-    return loss, {"selected_share": selected / masked, "mean_p": p.sum().item() / masked, "tokens": float(p.numel())}
+    if reduction == "mean":
+        loss = loss / max(selected, 1)
+    return loss, {"selected": float(selected), "selected_share": selected / masked, "mean_p": p.sum().item() / masked,
+                  "tokens": float(p.numel())}

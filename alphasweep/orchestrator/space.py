@@ -18,11 +18,15 @@ the search's sampler (TPE) to set the values a family fixes, to keep searched va
 digits inside their configured range (so the stored parameters are the ones trained with), and to draw no
 objective the study already holds while an untried one is left. `PairSearch` is Ray Tune's `OptunaSearch`
 with what a sweep needs on top: Optuna trial numbers in the configs, the scheduler's signal as intermediate
-values, links to MLflow as user attributes, and an end to the search once a finite space is exhausted.
+values, links to MLflow, each run's seed and per-item outcomes as user attributes (what the report's intervals
+and paired comparisons read), and an end to the search once a finite space is exhausted. `warm_points` and
+`search_sampler` are the warm start and the sampler a sweep searches with (bench/search_efficiency.py replays
+them).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -34,10 +38,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from alphasweep import compat
 from alphasweep.config import ConfigError, RangeSpec, SearchSpec
-from alphasweep.objectives import Objective, family_spec, parse_objective
+from alphasweep.objectives import SPECS, Objective, family_spec, parse_objective
 from alphasweep.objectives.registry import FamilySpec
 
 OBJECTIVE, MLFLOW_RUN = "objective", "mlflow_run_id"  # user attrs of every trial
+SEED, ITEMS = "seed", "items"  # user attrs of every run's Optuna trial: its training seed, its per-item outcomes
 GUIDED_REDRAWS = 3  # proposals of the wrapped sampler tried before the untried point nearest to one is taken
 _HELD = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # tried or to be tried
 _NO_CUT = {"min": 0.0, "max": 1.0}
@@ -269,6 +274,8 @@ class PairSearch(OptunaSearch):
         if isinstance(config, dict):
             trial = live[trial_id]
             trial.set_user_attr(OBJECTIVE, objective_of(config).name)
+            if "seed" in self._constants:
+                trial.set_user_attr(SEED, self._constants["seed"])
             config.update(self._constants, optuna_trial=trial.number)
         return config
 
@@ -286,9 +293,13 @@ class PairSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """A trial the scheduler stops ends on a training report, which Tune passes here and not to
-        `on_trial_result`: it is the stopped trial's last intermediate value, and so its value."""
+        `on_trial_result`: it is the stopped trial's last intermediate value, and so its value. A scored run's
+        per-item outcomes are kept with its trial (`record_run`)."""
         if result and not error:
             self.on_trial_result(trial_id, result)
+            trial = compat.searcher_trials(self).get(trial_id)
+            if trial is not None:
+                record_run(trial, result)
         super().on_trial_complete(trial_id, result, error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -300,3 +311,37 @@ class PairSearch(OptunaSearch):
         if trial is not None and metric in result and "step" in result:
             value = float(result[metric])
             trial.report(value if mode == "max" else -value, int(result["step"]))
+
+
+def warm_points(search: SearchSpec, suggestions: list[str], tried: set[str] = frozenset()) -> list[dict]:
+    """The warm start: the probe's suggestions (where `probe_warm_start`), then the config's `enqueue` list;
+    each as an objective the search allows (`searched`), those not yet tried, in that order. The probe's
+    guesses come first because they are the pair's own: where the budget is small they are the trials that
+    find the best soonest (bench/search_efficiency.py); `enqueue` holds what every pair is compared with."""
+    names = (list(suggestions) if search.probe_warm_start else []) + list(search.enqueue)
+    allowed = (searched(n, search) for n in names)
+    return [point_of(n, search) for n in dict.fromkeys(n for n in allowed if n) if n not in tried]
+
+
+def searched(name: str, search: SearchSpec) -> str | None:
+    """`name` if the search allows its family; for a cut family it does not, the twin it does allow (the same
+    cut on the same side of p with the other loss: `OnlyTopP-0.5` -> `OnlyTopLogP-0.5`), since the cut, which
+    tokens train, is the point of the suggestion; else None."""
+    obj = parse_objective(name)
+    if obj.family in search.families:
+        return obj.name
+    twin = next((f for f in search.families if obj.spec.side and SPECS[f].side == obj.spec.side
+                 and SPECS[f].param == obj.spec.param), None)
+    return Objective(twin, threshold=obj.threshold).name if twin else None
+
+
+def search_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler that proposes after the warm start."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4)
+
+
+def record_run(trial: optuna.Trial, result: dict) -> None:
+    """Keep a scored run's per-item outcomes (`stats.Outcomes`, sent as JSON by the trial) with its Optuna
+    trial: the study is what the report reads, and they are what its intervals and paired comparisons need."""
+    if result.get(ITEMS):
+        trial.set_user_attr(ITEMS, json.loads(result[ITEMS]))

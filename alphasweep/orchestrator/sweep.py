@@ -1,10 +1,11 @@
-"""The sweep driver: for each (model, domain) pair, probe, then search objectives with Tune + Optuna.
+"""The sweep driver: for each (model, domain) pair, probe, search objectives with Tune + Optuna, then train
+what the search ran with other seeds and confirm the finalists (`repeats.py`).
 
-Resume and extend work the same way: the Optuna study in its RDB storage is the record of a sweep. A new
-Tuner continues the study; trials a dead driver left RUNNING (or enqueued and never started) are marked
-FAIL and retried; the Tuner runs only the trials the budget still lacks. Tune's own experiment restore is
-never used (after a hard kill it breaks on an RDB-backed study, and it cannot extend a finished
-experiment; docs/upstream.md).
+Resume and extend work the same way: the Optuna studies in their RDB storage are the record of a sweep. A
+new Tuner continues a study; trials a dead driver left RUNNING (or enqueued and never started) are marked
+FAIL and retried; the Tuners run only the trials the budget and the repeats still lack. Tune's own
+experiment restore is never used (after a hard kill it breaks on an RDB-backed study, and it cannot extend
+a finished experiment; docs/upstream.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from alphasweep.console import quiet_libraries
 from alphasweep.evaluation.actor import get_evaluator_pool
 from alphasweep.objectives import parse_objective
 from alphasweep.orchestrator import tracking
+from alphasweep.orchestrator.repeats import RepeatSearch, missing_confirmations, missing_seeds, pending
 from alphasweep.orchestrator.results import (
     FINISHED,
     finished_trials,
@@ -37,10 +39,18 @@ from alphasweep.orchestrator.results import (
     objective_name,
     objective_table,
     pair_summary,
+    repeats_study_name,
     study_name,
 )
-from alphasweep.orchestrator.space import MLFLOW_RUN, PairSearch, SearchSpace, objective_of, point_of
-from alphasweep.orchestrator.trial import PairJob, run_trial
+from alphasweep.orchestrator.space import (
+    MLFLOW_RUN,
+    PairSearch,
+    SearchSpace,
+    objective_of,
+    search_sampler,
+    warm_points,
+)
+from alphasweep.orchestrator.trial import PairJob, failure_config, reuse_actors, trainable
 from alphasweep.plots import plot_objective_scores, plot_weights
 from alphasweep.probe import probe_capability
 
@@ -86,9 +96,10 @@ class PairRun:
         return study_name(self.job.model, self.job.domain)
 
     def run(self, budget: int) -> dict:
-        """Run the trials the pair still needs to reach `budget`; returns the pair's summary."""
+        """Run the trials the pair still needs to reach `budget`, then its repeats (other seeds, the
+        confirmation stage); returns the pair's summary."""
         name, client = self.name, self.client
-        stale = fail_stale_trials(self.storage, name)
+        stale = fail_stale_trials(self.storage, name) + fail_stale_trials(self.storage, repeats_study_name(name))
         done = len(finished_trials(self.storage, name))
         parent = tracking.open_parent_run(client, self.exp_id, self.job.model, self.job.domain, self.pair_config())
         try:
@@ -115,15 +126,15 @@ class PairRun:
                          + (f", first: {', '.join(objective_of(p).name for p in points)}" if points else ""))
         self.log(f"[{name}] " + " | ".join(parts))
         if remaining > 0:
-            if points:  # what ran first, beside the probe's suggestions (those outside the search's families do not)
+            if points:  # what ran first, beside the probe's suggestions (outside the searched families: a twin or none)
                 study.set_user_attr("warm_start", [objective_of(p).name for p in points])
             self._search(study, parent, points, remaining, done, budget)
-        summary = pair_summary(study, self.job.model, self.job.domain)  # the study reads trials from storage
+        repeats = self._repeat(study, parent)
+        summary = pair_summary(study, self.job.model, self.job.domain, repeats)  # read back from storage
         if summary["best_objective"]:
-            rows = objective_table(study)
-            client.log_metric(parent, "best_score", summary["best_score"])
-            client.set_tag(parent, "best_objective", summary["best_objective"])
-            tracking.log_results(client, parent, rows, self.exp_id)
+            rows = objective_table(summary)
+            tracking.log_summary(client, parent, summary)
+            tracking.log_results(client, parent, rows, self.exp_id, summary["verdict"])
             tracking.log_png(client, parent, lambda p: plot_objective_scores(
                 {r["objective"]: r["score"] for r in rows}, p, title=name), "score_vs_alpha.png")
             tracking.log_png(client, parent,
@@ -138,14 +149,16 @@ class PairRun:
         return {"model": model.model_dump(mode="json"),
                 "domain": domain.model_dump(mode="json", exclude={"train_overrides"}),
                 "train": job.train.model_dump(mode="json"), "eval": job.eval.model_dump(mode="json"),
-                **{k: getattr(cfg, k).model_dump(mode="json") for k in ("search", "budget", "scheduler")}}
+                **{k: getattr(cfg, k).model_dump(mode="json") for k in ("search", "budget", "scheduler")},
+                "seeds": cfg.sweep_seeds(), "confirm": cfg.confirm.model_dump(mode="json") if cfg.confirm else None}
 
     def trial_config(self, config: dict) -> dict:
         """One trial's own config, as its child run records it: its objective and what it trained with."""
         job = self.job
         lr = config.get("learning_rate") or config["train_learning_rate"]
         return {**tracking.run_params(objective_of(config), lr), "seed": config.get("seed", job.train.seed),
-                "optuna_trial": config["optuna_trial"], "model": {"name": job.model, "path": job.model_path},
+                "stage": config.get("stage", "search"), "optuna_trial": config["optuna_trial"],
+                "model": {"name": job.model, "path": job.model_path},
                 "domain": job.domain, "data": job.data.model_dump(mode="json"),
                 "benchmarks": [b.model_dump(mode="json") for b in job.benchmarks],
                 "train": {**job.train.model_dump(mode="json"), "learning_rate": lr},
@@ -163,16 +176,28 @@ class PairRun:
         return study.user_attrs["probe"]
 
     def _warm_points(self, study: optuna.Study, probe: dict) -> list[dict]:
-        """The config's `enqueue` list, then the probe's suggestions: those allowed and not yet run, in order."""
-        search = self.cfg.search
         tried = {objective_name(t) for t in study.get_trials(deepcopy=False, states=FINISHED)}
-        points, seen = [], set()
-        for obj_name in list(search.enqueue) + (probe["suggestions"] if search.probe_warm_start else []):
-            point = point_of(obj_name, search) if parse_objective(obj_name).family in search.families else None
-            if point and obj_name not in tried and obj_name not in seen:
-                points.append(point)
-                seen.add(obj_name)
-        return points
+        return warm_points(self.cfg.search, probe["suggestions"], tried)
+
+    def _constants(self) -> dict:
+        return {"train_learning_rate": self.job.train.learning_rate}
+
+    def _repeat(self, study: optuna.Study, parent: str) -> optuna.Study | None:
+        """The seeds stage, then the confirmation (which ranks what the seeds stage added): each runs the repeats
+        still missing as trials of the pair's repeats study. Returns that study (None while it has none)."""
+        name = repeats_study_name(self.name)
+        repeats = load_study(self.storage, name)
+        for stage in (missing_seeds, missing_confirmations):
+            todo = stage(self.cfg, study, repeats)
+            if todo:
+                repeats = optuna.create_study(study_name=name, storage=self.storage, direction="maximize",
+                                              load_if_exists=True)
+                repeats.set_metric_names([SEARCH_METRIC])
+                self.log(f"[{self.name}] {todo[0].stage} stage: {len(todo)} run(s): "
+                         + ", ".join(f"{r.candidate.objective} seed {r.seed}" for r in todo))
+                printer = TrialPrinter(self.name, self.log, total=len(todo), concurrency=self.cfg.budget.max_concurrent)
+                self._tune(RepeatSearch(repeats, todo, self._constants()), FIFOScheduler(), len(todo), parent, printer)
+        return repeats
 
     def _search(self, study: optuna.Study, parent: str, points: list[dict], remaining: int, done: int,
                 budget: int) -> None:
@@ -181,33 +206,40 @@ class PairRun:
         seed = cfg.search.seed + len(study.trials) + zlib.crc32(name.encode())  # differs per pair and per resume
         searcher = PairSearch(
             SearchSpace(cfg.search), metric=SEARCH_METRIC, mode="max", points_to_evaluate=points or None,
-            sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4),
-            seed=seed, study_name=name, storage=self.storage, signal=signal,
-            constants={"train_learning_rate": job.train.learning_rate},
+            sampler=search_sampler(seed), seed=seed, study_name=name, storage=self.storage, signal=signal,
+            constants={**self._constants(), "seed": cfg.sweep_seeds()[0], "stage": "search"},
         )
         if cfg.scheduler.kind == "asha":
             metric, mode = signal
             # max_t one past the last step: ASHA stops any trial whose step reaches max_t, and a trial that
             # trained to the end must still be evaluated and report its score
-            scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=job.train.steps + 1,
+            # (with `epochs` the last step is known only once the trial has loaded its data: any bound past it does)
+            last_step = job.train.steps or 2**31
+            scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=last_step + 1,
                                       grace_period=cfg.scheduler.grace_steps,
                                       reduction_factor=cfg.scheduler.reduction_factor)
         else:
             scheduler = FIFOScheduler()
+        printer = TrialPrinter(name, self.log, total=budget, done=done, concurrency=cfg.budget.max_concurrent)
+        self._tune(searcher, scheduler, remaining, parent, printer)
+
+    def _tune(self, searcher: PairSearch | RepeatSearch, scheduler, num_samples: int, parent: str,
+              printer: TrialPrinter) -> None:
+        """One Tuner over `num_samples` trials that `searcher` proposes, mirrored into MLflow (each run's id
+        kept with its Optuna trial)."""
+        cfg, job = self.cfg, self.job
         tracker = tracking.TrialTracker(self.client, self.exp_id, parent, job.model, job.domain, self.trial_config,
                                         on_run=lambda trial, run_id: searcher.annotate(trial.trial_id, MLFLOW_RUN,
                                                                                        run_id))
-        printer = TrialPrinter(name, self.log, total=budget, done=done, concurrency=cfg.budget.max_concurrent)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), {"TRAIN_DRIVER": 1})
-        # No actor reuse: killing the trial's actor is what ends the Train run of a trial that ASHA stops.
         tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=cfg.budget.max_concurrent, reuse_actors=False),
+            trainable(job),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+                                        max_concurrent_trials=cfg.budget.max_concurrent,
+                                        reuse_actors=reuse_actors(job)),
             run_config=tune.RunConfig(
                 name=f"{job.slug}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=cfg.checkpoint_root(), verbose=0,
                 callbacks=[tracker, printer, JsonLoggerCallback(), CSVLoggerCallback()],
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=failure_config(job), checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
         tuner.fit()
@@ -230,7 +262,13 @@ class TrialPrinter(tune.Callback):
         self.durations: list[float] = []
 
     def _line(self, trial, what: str) -> str:
-        return f"[{self.pair}] #{trial.config['optuna_trial']} {objective_of(trial.config).name}: {what}"
+        """`[pair] #3 p: ...` for a search trial, `[pair] confirm #1 p seed 2: ...` for a repeat (numbered in
+        the repeats study)."""
+        config = trial.config
+        label = f"#{config['optuna_trial']} {objective_of(config).name}"
+        if config.get("stage", "search") != "search":
+            label = f"{config['stage']} {label} seed {config['seed']}"
+        return f"[{self.pair}] {label}: {what}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.starts.setdefault(trial.trial_id, time.monotonic())
@@ -278,8 +316,8 @@ class TrialPrinter(tune.Callback):
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=print) -> list[dict]:
     """Every pair of the config, one after another; returns the per-pair summaries.
 
-    An interrupted sweep (trials done, budget not met) continues only with `resume` or `extend`, so a
-    second run never mixes into an earlier sweep by accident; a finished one just reports again.
+    An interrupted sweep (trials done, budget or repeats not met) continues only with `resume` or `extend`, so
+    a second run never mixes into an earlier sweep by accident; a finished one just reports again.
     The inputs are the caller's to check first (`alphasweep.validate`, as the CLI does before Ray starts).
     """
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # training reports carry no `score`
@@ -289,17 +327,19 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     storage = optuna.storages.RDBStorage(cfg.optuna_storage())
     client, exp_id = tracking.open_experiment(cfg.mlflow_uri(), cfg.name, cfg.out / "mlartifacts")
     tracking.share_view(client, exp_id)
-    done = [len(finished_trials(storage, study_name(m.name, d.name))) for m, d in cfg.pairs()]
-    if any(done) and min(done) < cfg.budget.trials_per_pair and not (resume or extend):
+    names = [study_name(m.name, d.name) for m, d in cfg.pairs()]
+    done = [len(finished_trials(storage, name)) for name in names]
+    unfinished = min(done) < cfg.budget.trials_per_pair or any(pending(cfg, storage, name) for name in names)
+    if any(done) and unfinished and not (resume or extend):
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
                           "pass --resume to continue it, or --extend N to add trials")
     evaluators = get_evaluator_pool(cfg.eval)  # created by the driver, so it outlives every trial that uses it
     try:
         summaries = []
         for (model, domain), finished in zip(cfg.pairs(), done, strict=True):
-            job = PairJob(model=model.name, domain=domain.name, model_path=model.path, data=domain.train,
-                          benchmarks=domain.benchmarks, train=cfg.train_for(domain), eval=cfg.eval,
-                          storage_path=cfg.checkpoint_root(),
+            job = PairJob(model=model.name, domain=domain.name, model_path=model.path,
+                          data=cfg.data_for(model, domain), benchmarks=cfg.benchmarks_for(model, domain),
+                          train=cfg.train_for(domain, model), eval=cfg.eval, storage_path=cfg.checkpoint_root(),
                           signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
             budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
             summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))

@@ -3,9 +3,11 @@
 Everything is written from the sweep's driver process (a Tune callback), so a local sqlite store works
 and workers on other nodes need no access to the tracking server. Runs are laid out for comparing
 objectives in the MLflow UI: every child run has a numeric `alpha` (its place on the alpha axis), a
-`threshold` only where its family has a cut, its scores at its last training step, its own config and its
-sample completions as a table; a parent run holds the pair's config, a results table (also in its
-description, with a link to each objective's run), the best run's id and a labelled score plot.
+`threshold` only where its family has a cut, its scores at its last training step with the score's 95%
+interval over items (`score_ci_low`, `score_ci_high`), its stage (`search`, `seeds`, `confirm`) and seed as
+tags, its own config and its sample completions as a table; a parent run holds the pair's config, the
+verdict, a results table of means over seeds with their intervals (also in its description, with a link to
+each objective's run), the best run's id and a labelled score plot.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ray import tune
 from alphasweep.objectives import Objective, parse_objective
 from alphasweep.orchestrator.space import objective_of
 from alphasweep.plots import plot_weights
+from alphasweep.stats import Outcomes
 
 PAIR_TAG, KIND_TAG, OPTUNA_TAG, TUNE_TAG = "alphasweep.pair", "alphasweep.kind", "optuna_trial", "tune_trial_id"
 PARENT_TAG, NOTE_TAG = "mlflow.parentRunId", "mlflow.note.content"  # nesting; the run page's description
@@ -74,8 +77,12 @@ def run_params(obj: Objective, learning_rate: float) -> dict[str, str | float]:
     return {**params, "learning_rate": learning_rate}
 
 
-def run_name(obj: Objective, pair: str, number: int) -> str:
-    return f"{obj.name} | {pair} #{number}"
+def run_name(obj: Objective, pair: str, number: int, stage: str = "search", seed: int | None = None) -> str:
+    """`p | tiny/addition #3` for a search trial; a repeat (another seed, the confirmation) is numbered in the
+    pair's repeats study: `p | tiny/addition confirm #1, seed 2`."""
+    if stage == "search":
+        return f"{obj.name} | {pair} #{number}"
+    return f"{obj.name} | {pair} {stage} #{number}, seed {seed}"
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
@@ -120,6 +127,23 @@ def close_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED"
     client.set_terminated(run_id, status=status)
 
 
+def log_summary(client: MlflowClient, run_id: str, summary: dict) -> None:
+    """The pair's answer on its parent run: best objective, its score and interval, the paired comparisons
+    with NLL and the runner-up (difference, interval), whether it is decided, and the verdict sentence."""
+    client.set_tag(run_id, "best_objective", summary["best_objective"])
+    client.set_tag(run_id, "verdict", summary["verdict"])
+    client.set_tag(run_id, "decided", str(summary["decided"]).lower())
+    metrics = {"best_score": summary["best_score"]}
+    if summary["best_ci"]:
+        metrics["best_ci_low"], metrics["best_ci_high"] = summary["best_ci"]
+    for key in ("vs_nll", "vs_runner_up"):
+        if summary[key]:
+            metrics[key] = summary[key]["difference"]
+            metrics[f"{key}_low"], metrics[f"{key}_high"] = summary[key]["ci"]
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v)
+
+
 def log_png(client: MlflowClient, run_id: str, draw, name: str) -> None:
     """Draw a figure with `draw(path)` in a temporary folder and log it as an artifact."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,10 +152,10 @@ def log_png(client: MlflowClient, run_id: str, draw, name: str) -> None:
         client.log_artifact(run_id, str(path))
 
 
-def log_results(client: MlflowClient, run_id: str, rows: list[dict], exp_id: str) -> None:
+def log_results(client: MlflowClient, run_id: str, rows: list[dict], exp_id: str, verdict: str = "") -> None:
     """The pair's results on its parent run: `results.json`, a table the artifact viewer shows, with the same
-    columns as `rows` (one per objective, best first); the same table in the run's description, each
-    objective linked to its run; and the best run's id as a tag."""
+    columns as `rows` (one per objective, best first); the same table in the run's description, under the
+    verdict, each objective linked to its run; and the best run's id as a tag."""
     if not rows:
         return
     columns = [c for c in dict.fromkeys(k for row in rows for k in row) if any(row.get(c) is not None for row in rows)]
@@ -144,8 +168,11 @@ def log_results(client: MlflowClient, run_id: str, rows: list[dict], exp_id: str
             cells[0] = f"[{cells[0]}](#/experiments/{exp_id}/runs/{row['mlflow_run_id']})"
         lines.append("| " + " | ".join(cells) + " |")
     best = rows[0]
-    client.set_tag(run_id, NOTE_TAG, f"**Best objective: {best['objective']}** (score {_cell(best.get('score'))})"
-                   "\n\n" + "\n".join(lines))
+    score = _cell(best.get("score"))
+    if best.get("ci_low") is not None:
+        score += f" [{_cell(best['ci_low'])}, {_cell(best['ci_high'])}]"
+    client.set_tag(run_id, NOTE_TAG, f"**Best objective: {best['objective']}** (score {score})"
+                   + (f"\n\n{verdict}" if verdict else "") + "\n\n" + "\n".join(lines))
     if best.get("mlflow_run_id"):
         client.set_tag(run_id, BEST_RUN_TAG, best["mlflow_run_id"])
 
@@ -185,11 +212,12 @@ class TrialTracker(tune.Callback):
         cfg = trial.config
         obj = objective_of(cfg)
         lr = cfg.get("learning_rate") or cfg["train_learning_rate"]
+        stage = cfg.get("stage", "search")
         run = self.client.create_run(
-            self.exp_id, run_name=run_name(obj, self.pair, cfg["optuna_trial"]),
+            self.exp_id, run_name=run_name(obj, self.pair, cfg["optuna_trial"], stage, cfg.get("seed")),
             tags={PARENT_TAG: self.parent_id, PAIR_TAG: self.pair, KIND_TAG: "trial",
                   "model": self.model, "domain": self.domain, TUNE_TAG: trial.trial_id,
-                  OPTUNA_TAG: str(cfg["optuna_trial"])},
+                  OPTUNA_TAG: str(cfg["optuna_trial"]), "stage": stage, "seed": str(cfg.get("seed", ""))},
         )
         run_id = self.runs[trial.trial_id] = run.info.run_id
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in run_params(obj, lr).items()])
@@ -205,7 +233,11 @@ class TrialTracker(tune.Callback):
         # the final report (scores) carries no step: it belongs at the last training step, beside the curves
         step = self.last_step[trial.trial_id] = int(result.get("step", self.last_step.get(trial.trial_id, 0)))
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0 if k in AT_START else step) for k, v in _numeric(result).items()]
+        values = _numeric(result)
+        if result.get("items"):  # the score's 95% interval over the items, beside the score
+            ci = Outcomes.from_json(json.loads(result["items"])).interval()
+            values.update(score_ci_low=ci.low, score_ci_high=ci.high)
+        metrics = [Metric(k, v, now, 0 if k in AT_START else step) for k, v in values.items()]
         for i in range(0, len(metrics), 1000):  # MLflow's batch limit
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
         if result.get("samples"):

@@ -65,6 +65,8 @@ REPLACED_ON_MACHINE = {
 }
 # Requirements left out on purpose: nothing a sweep runs needs them.
 OMITTED = {
+    "reasoning-gym": "`alphasweep data figfont` builds the figfont puzzles with it, before a sweep and wherever "
+                     "the data is prepared; training and evaluation read the files it wrote",
     "optuna-dashboard": "a web UI over a sweep's Optuna storage, served where a user reads the study, not where "
                         "the sweep trains",
     "py-spy": "a profiler the dashboard runs as a program on request (stack dumps, flame graphs); its binary "

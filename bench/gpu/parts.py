@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Self
 
 import objective_loss  # bench/objective_loss.py (check.py puts bench/ on PYTHONPATH)
+import ray
 import torch
 import train_throughput  # bench/train_throughput.py
 from bundle import closure_problems, project_requirements
@@ -33,7 +34,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from alphasweep.config import DataSpec, TrainConfig
 from alphasweep.data import collate, load_sft_data
+from alphasweep.objectives import parse_objective
 from alphasweep.tinykit import train_tokenizer
+from alphasweep.workers.setup import TrainJob
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -169,9 +172,9 @@ def fsdp(figures: Figures, sizes: Sizes, work: Path) -> None:
 
 
 def sweep(figures: Figures, sizes: Sizes, work: Path) -> None:
-    """`alphasweep sweep bench/gpu/sweep.yaml`: 2 trials through Tune + Train + the hf evaluator, MLflow and
-    Optuna on sqlite. Per trial: start-up overhead (`startup_s`), and the GPU's memory in use (every process)
-    before the trial, after it and at its peak, sampled every 0.2 s."""
+    """`alphasweep sweep bench/gpu/sweep.yaml`: 2 one-worker trials (the loop in the Tune trial) + the hf
+    evaluator, MLflow and Optuna on sqlite. Per trial: start-up overhead (`startup_s`), and the GPU's memory
+    in use (every process) before the trial, after it and at its peak, sampled every 0.2 s."""
     out = work / "sweep"
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "alphasweep.cli", "sweep", str(SWEEP_CONFIG), "--set", f"output_dir={out}",
@@ -264,11 +267,15 @@ def train_config(sizes: Sizes, *, workers: int, strategy: str) -> TrainConfig:
 
 
 def _ray_run(model: Path, data: DataSpec, tc: TrainConfig, sizes: Sizes, work: Path) -> float:
-    """bench/train_throughput.py's Ray Train worker; its storage (a full checkpoint) is removed after."""
+    """bench/train_throughput.py's Ray Train worker(s) on a Ray instance of their own; their storage (a full
+    checkpoint) is removed after."""
     root = work / "ray-runs"
+    job = TrainJob(model_path=str(model), objective=parse_objective(OBJECTIVE), data=data, train=tc)
+    ray.init(num_cpus=int(tc.cpus_per_worker * max(1, tc.workers)), include_dashboard=False, log_to_driver=False)
     try:
-        return train_throughput.ray_worker(str(model), data, tc, OBJECTIVE, sizes.warmup, root)
+        return train_throughput.ray_train_worker(job, sizes.warmup, root)
     finally:
+        ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
 
