@@ -9,7 +9,8 @@ process with the seed's `--set` overrides (`train.seed` and every `demo.tasks.*.
 order; the base is one per path) and a fresh `ALPHASWEEP_CACHE` per path (a base's cache key cannot see the
 path it was trained on; the first cell of a path pays for its base), then `alphasweep report --json`, and
 `alphasweep eval` of the base model on the pairs' benchmarks. One row per (pair, seed, path), then the checks
-of each regime per cell and on the means, and the wall time. A finished cell is read back, not rerun (delete --out to start over).
+of each regime per cell and on the means, and the wall time. A finished cell is read back, not rerun (delete
+--out to start over).
 """
 
 from __future__ import annotations
