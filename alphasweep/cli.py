@@ -160,7 +160,8 @@ def sweep(config_path, resume, extend, overrides, address, rebuild, verbose):
         finally:
             ray.shutdown()  # here, so that its last words go to the log too
     serve, url = ui_command(cfg.mlflow_uri(), exp.experiment_id)
-    click.echo("\n" + format_table(report))
+    click.echo("\n" + format_table(report, objectives=False))
+    click.echo(f"each pair's objectives with their intervals: alphasweep report {_shown(cfg.out)}")
     click.echo(f"\nfinished in {time.time() - started:.0f} s; full log: {_shown(log_path)}")
     click.echo(f"plots:            {', '.join(_shown(p) for p in plots)}")
     click.echo(f"MLflow:           {serve or 'tracking server ' + cfg.mlflow_uri()}")

@@ -23,9 +23,10 @@ def build_report(cfg: SweepConfig) -> dict:
     return {"mlflow_uri": cfg.mlflow_uri(), "optuna_storage": cfg.optuna_storage(), "pairs": pairs}
 
 
-def format_table(report: dict) -> str:
+def format_table(report: dict, *, objectives: bool = True) -> str:
     """One row per pair (scores are means over seeds; the best's 95% interval); then per pair its verdict and
-    its objectives, best first: mean, spread and 95% interval over seeds (over items for one run)."""
+    (with `objectives`) its objectives, best first: mean, spread and 95% interval over seeds (over items for
+    one run). The sweep's console leaves the objectives to `alphasweep report`, to stay short."""
     head = ("pair", "continuum", "probe p", "NLL", "p", "best objective", "best [95% CI]", "trials", "seeds")
     rows = []
     for p in report["pairs"]:
@@ -38,13 +39,15 @@ def format_table(report: dict) -> str:
             ",".join(map(str, p["seeds"])) or "-",
         ))
     parts = [text_table(head, rows, right={2, 3, 4})]
+    if not objectives:
+        parts.append("")
     for p in report["pairs"]:
-        objectives = [(name, _fmt(o["score"]), f"{o['std']:.3f}" if len(o["seeds"]) > 1 else "-",
-                       _fmt_ci(o["ci"]).strip() or "-", ",".join(o["seeds"]) + (" (confirm)" if o["confirmed"] else ""))
-                      for name, o in p["objectives"].items()]
-        parts.append(f"\n{p['model']}/{p['domain']}: {p['verdict']}")
-        if objectives:
-            parts.append(text_table(("objective", "mean", "std", "95% CI", "seeds"), objectives, right={1, 2}))
+        parts.append(("\n" if objectives else "") + f"{p['model']}/{p['domain']}: {p['verdict']}")
+        table = [(name, _fmt(o["score"]), f"{o['std']:.3f}" if len(o["seeds"]) > 1 else "-",
+                  _fmt_ci(o["ci"]).strip() or "-", ",".join(o["seeds"]) + (" (confirm)" if o["confirmed"] else ""))
+                 for name, o in p["objectives"].items()]
+        if objectives and table:
+            parts.append(text_table(("objective", "mean", "std", "95% CI", "seeds"), table, right={1, 2}))
     return "\n".join(parts)
 
 
