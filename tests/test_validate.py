@@ -115,7 +115,7 @@ def test_help_and_the_demo_config_need_neither_torch_nor_ray(tmp_path):
         assert not set(run.modules) & {"torch", "ray"}, (args, run.modules)
     assert "hub id" in run_cli(tmp_path, "validate", "--help").stdout  # says what it leaves to load time
     run = run_cli(tmp_path, "validate")  # no CONFIG: the embedded demo's
-    assert run.code == 0 and "5 demo: paths" in run.stdout, run.stdout + run.stderr
+    assert run.code == 0 and "7 demo: paths" in run.stdout, run.stdout + run.stderr  # the base + 3 pairs x (data, test)
     assert not set(run.modules) & {"torch", "ray"}, run.modules
 
 
