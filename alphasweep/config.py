@@ -178,6 +178,10 @@ class SchedulerSpec(_Strict):
 DEFAULT_STEPS, DEFAULT_WARMUP_STEPS = 300, 10
 
 
+# Settings given one way or the other, never both: the second (validated after the first) -> the first.
+_EITHER = {"epochs": "steps", "warmup_ratio": "warmup_steps"}
+
+
 class TrainConfig(_Strict):
     """How one fine-tune trains. Batch geometry: `batch_size` sequences per optimizer step over all workers
     (the global batch); each worker takes `batch_size / workers` of them, in micro-batches of
@@ -223,19 +227,13 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0)  # 0: only the final checkpoint
     max_failures: int = Field(1, ge=0, description="restarts from the latest checkpoint after a worker dies")
 
-    @field_validator("epochs")
+    @field_validator(*_EITHER)
     @classmethod
-    def _steps_or_epochs(cls, epochs: float | None, info: ValidationInfo) -> float | None:
-        if epochs is not None and info.data.get("steps") is not None:
-            raise ValueError("give steps or epochs, not both")
-        return epochs
-
-    @field_validator("warmup_ratio")
-    @classmethod
-    def _one_warmup(cls, ratio: float | None, info: ValidationInfo) -> float | None:
-        if ratio is not None and info.data.get("warmup_steps") is not None:
-            raise ValueError("give warmup_steps or warmup_ratio, not both")
-        return ratio
+    def _not_both(cls, value: float | None, info: ValidationInfo) -> float | None:
+        other = _EITHER[info.field_name]
+        if value is not None and info.data.get(other) is not None:
+            raise ValueError(f"give {other} or {info.field_name}, not both")
+        return value
 
     @field_validator("workers")
     @classmethod
@@ -294,10 +292,10 @@ class TrainConfig(_Strict):
         """These settings with `overrides` applied; setting one of steps/epochs (or warmup_steps/warmup_ratio)
         replaces the other."""
         base = self.model_dump()
-        for one, other in (("steps", "epochs"), ("epochs", "steps"), ("warmup_steps", "warmup_ratio"),
-                           ("warmup_ratio", "warmup_steps")):
-            if overrides.get(one) is not None:
-                base[other] = None
+        for pair in _EITHER.items():
+            for one, other in (pair, pair[::-1]):
+                if overrides.get(one) is not None:
+                    base[other] = None
         return TrainConfig.model_validate({**base, **overrides})
 
 
