@@ -75,5 +75,8 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
                  resources={"TRAIN_DRIVER": 8})
+    # A test that let Ray start itself (ray.data, ray.get) leaves an instance without TRAIN_DRIVER, where a
+    # Ray Train trial would wait forever: fail at once instead.
+    assert ray.cluster_resources().get("TRAIN_DRIVER") == 8, "an earlier test started Ray without ray_local"
     yield ray
     ray.shutdown()

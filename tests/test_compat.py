@@ -41,7 +41,9 @@ def _default_callbacks(trainer_cls, **kwargs) -> list[str]:
     return [type(c) for c in trainer._create_default_callbacks()]
 
 
-def test_ray_data_callback_is_left_out_of_runs_without_datasets():
+def test_ray_data_callback_is_left_out_of_runs_without_datasets(ray_local):
+    """`ray.data.range` starts Ray if none runs: take the session's instance, never a second one without
+    the resources the sweeps need."""
     assert DatasetsCallback in _default_callbacks(TorchTrainer)  # what Ray starts by default
     lean = _default_callbacks(LeanTorchTrainer)
     assert DatasetsCallback not in lean and len(lean) == len(_default_callbacks(TorchTrainer)) - 1
