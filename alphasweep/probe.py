@@ -3,7 +3,8 @@
 The base model's probability of each target token of a sample of the SFT completions tells how much it
 already knows the domain. Cut points on the mean target probability (documented in the README):
 
-    mean p >= 0.50  -> strong        (prior-leaning objectives first: p, GeneralFamily-4, OnlyTopP-0.5)
+    mean p >= 0.50  -> strong        (prior-leaning objectives first, the most prior-leaning first: OnlyTopP-0.5,
+                                     GeneralFamily-4, p)
     mean p <= 0.20  -> weak          (NLL first, then a small alpha)
     otherwise       -> intermediate  (NLL, a middle alpha and p)
 
@@ -25,7 +26,7 @@ from alphasweep.tokenizer import load_tokenizer
 
 STRONG_AT, WEAK_AT = 0.5, 0.2
 SUGGESTIONS = {
-    "strong": ["p", "GeneralFamily-4", "OnlyTopP-0.5"],
+    "strong": ["OnlyTopP-0.5", "GeneralFamily-4", "p"],
     "intermediate": ["original", "GeneralFamily-0.5", "p"],
     "weak": ["original", "GeneralFamily-0.1"],
 }

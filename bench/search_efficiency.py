@@ -7,7 +7,7 @@
     GeneralFamily at alpha 0.05 .. 8 on a log scale, top cuts over the searched threshold range) with
     every seed of `SEEDS`: one `alphasweep sweep` of `configs/demo.yaml` with the grid enqueued, the
     probe's warm start off and `seeds:` set. Saved as `bench/data/search_efficiency.json`: per pair, the
-    probe's verdict and suggestions and each grid objective's score per seed, plus the kit that made it
+    probe's verdict and each grid objective's score per seed, plus the kit that made it
     (the demo config's `demo:` section) and the search space and warm start the demo sweeps with.
 
 (b) The replay (seconds, no training): each strategy proposes with the project's own code (`PairSearch`
@@ -17,8 +17,9 @@
     outside the grid the nearest end. Seed noise: each proposal is answered from the curve of one seed
     drawn at random, so a strategy sees the between-seed noise the grid measured; whether it has found the
     best is judged on the mean over seeds. A strategy has found the best at the first trial whose objective
-    is within 1 point of the grid's best mean score. Strategies: alphasweep (the probe's suggestions, the
-    config's `enqueue`, then TPE, as `alphasweep sweep` runs a pair), TPE without the warm start, random
+    is within 1 point of the grid's best mean score. Strategies: alphasweep (the probe's suggestions for the
+    pair's measured continuum, from today's `probe.SUGGESTIONS`, the config's `enqueue`, then TPE, as
+    `alphasweep sweep` runs a pair), TPE without the warm start, random
     (Optuna's RandomSampler over the same space), and the grid in its own order. Every sampler goes through
     `PairSearch`'s `ObjectiveSampler`, as in a sweep: no strategy spends a trial on an objective it has run.
 
@@ -52,6 +53,7 @@ from alphasweep.orchestrator.space import (
     search_sampler,
     warm_points,
 )
+from alphasweep.probe import SUGGESTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "bench" / "data" / "search_efficiency.json"
@@ -96,7 +98,6 @@ def run_grid(out: Path, sets: list[str]) -> dict:
         probe = optuna.load_study(study_name=name, storage=storage).user_attrs["probe"]
         per_seed = p["objectives"]
         pairs[name] = {"continuum": probe["continuum"], "probe_mean_p": probe["probe_mean_p"],
-                       "suggestions": probe["suggestions"],
                        "scores": {o: [per_seed[o]["seeds"][str(s)] for s in SEEDS] for o in GRID}}
     print(f"grid: done in {(time.time() - started) / 60:.0f} min", flush=True)
     return {"command": " ".join(["bench/search_efficiency.py", *sum((["--set", s] for s in sets), [])]),
@@ -168,7 +169,7 @@ def replay(table: dict, reps: int) -> dict[str, dict[str, list[int]]]:
     results = {}
     for pair, data in table["pairs"].items():
         answers = Answers(data["scores"])
-        results[pair] = {s: [trials_to_best(s, search, answers, data["suggestions"],
+        results[pair] = {s: [trials_to_best(s, search, answers, SUGGESTIONS[data["continuum"]],
                                             rep + zlib.crc32(pair.encode()), grid, cap) for rep in range(reps)]
                          for s in STRATEGIES}
     return results

@@ -144,12 +144,12 @@ def test_a_finite_space_ends_the_search_once_every_objective_has_run(tmp_path):
 
 def test_warm_start_runs_the_probes_suggestions_in_searched_families_then_the_enqueued_baselines():
     search = SearchSpec(families=["nll", "p", "general", "top_logp"], enqueue=["original", "p"])
-    strong = ["p", "GeneralFamily-4", "OnlyTopP-0.5"]  # top_p is not searched: its searched twin runs instead
+    strong = ["OnlyTopP-0.5", "GeneralFamily-4", "p"]  # top_p is not searched: its searched twin runs instead
     assert searched("OnlyTopP-0.5", search) == "OnlyTopLogP-0.5" and searched("dft", search) is None
     names = [objective_of(p).name for p in warm_points(search, strong)]
-    assert names == ["p", "GeneralFamily-4", "OnlyTopLogP-0.5", "original"]
+    assert names == ["OnlyTopLogP-0.5", "GeneralFamily-4", "p", "original"]
     assert [objective_of(p).name for p in warm_points(search, strong, tried={"p", "original"})] == [
-        "GeneralFamily-4", "OnlyTopLogP-0.5"]
+        "OnlyTopLogP-0.5", "GeneralFamily-4"]
     no_probe = search.model_copy(update={"probe_warm_start": False})
     assert [objective_of(p).name for p in warm_points(no_probe, strong)] == ["original", "p"]
     assert searched("OnlyBottomLogP-0.2", SearchSpec(families=["nll", "bottom_p"])) == "OnlyBottomP-0.2"
