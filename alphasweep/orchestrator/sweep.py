@@ -73,9 +73,16 @@ def fail_stale_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
     return len(stale)
 
 
-def _probe(job: PairJob):
+def start_probe(job: PairJob) -> ray.ObjectRef:
+    """The pair's probe as a Ray task. The sweep starts every pair's probe at once, so they share the cluster
+    before the first pair's trials instead of each one leaving all but one core idle between two pairs."""
     remote = ray.remote(num_cpus=1, num_gpus=min(job.train.gpus_per_worker, 1))(probe_capability)
-    return ray.get(remote.remote(job.model_path, job.data, max_length=job.train.max_length, seed=job.train.seed))
+    return remote.remote(job.model_path, job.data, max_length=job.train.max_length, seed=job.train.seed)
+
+
+def probed(storage: optuna.storages.BaseStorage) -> set[str]:
+    """The studies that already hold their pair's probe (a resumed sweep measures it once)."""
+    return {s.study_name for s in optuna.get_all_study_summaries(storage) if "probe" in s.user_attrs}
 
 
 @dataclass
@@ -90,6 +97,7 @@ class PairRun:
     client: MlflowClient
     exp_id: str
     log: Callable[[str], None] = print
+    probe: ray.ObjectRef | None = None  # the probe started by the sweep; None: the study holds it
 
     @property
     def name(self) -> str:
@@ -167,7 +175,7 @@ class PairRun:
     def _probe_once(self, study: optuna.Study, parent: str) -> dict:
         """The probe's figures, measured on the first run and kept in the study for every later one."""
         if "probe" not in study.user_attrs:
-            result = _probe(self.job)
+            result = ray.get(self.probe)
             study.set_user_attr("probe", {**result.metrics(), "continuum": result.continuum,
                                           "suggestions": result.suggestions})
             for k, v in result.metrics().items():
@@ -333,16 +341,19 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, extend: int = 0, log=pr
     if any(done) and unfinished and not (resume or extend):
         raise ConfigError(f"{cfg.optuna_storage()} holds an unfinished sweep {cfg.name!r} ({sum(done)} trials): "
                           "pass --resume to continue it, or --extend N to add trials")
+    jobs = [PairJob(model=model.name, domain=domain.name, model_path=model.path,
+                    data=cfg.data_for(model, domain), benchmarks=cfg.benchmarks_for(model, domain),
+                    train=cfg.train_for(domain, model), eval=cfg.eval, storage_path=cfg.checkpoint_root(),
+                    signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
+             for model, domain in cfg.pairs()]
+    have_probe = probed(storage)
+    probes = [None if name in have_probe else start_probe(job) for name, job in zip(names, jobs, strict=True)]
     evaluators = get_evaluator_pool(cfg.eval)  # created by the driver, so it outlives every trial that uses it
     try:
         summaries = []
-        for (model, domain), finished in zip(cfg.pairs(), done, strict=True):
-            job = PairJob(model=model.name, domain=domain.name, model_path=model.path,
-                          data=cfg.data_for(model, domain), benchmarks=cfg.benchmarks_for(model, domain),
-                          train=cfg.train_for(domain, model), eval=cfg.eval, storage_path=cfg.checkpoint_root(),
-                          signal_limit=cfg.scheduler.signal_limit if cfg.scheduler.signal == "benchmark" else None)
+        for job, finished, probe in zip(jobs, done, probes, strict=True):
             budget = max(cfg.budget.trials_per_pair, finished + extend) if extend else cfg.budget.trials_per_pair
-            summaries.append(PairRun(cfg, job, storage, client, exp_id, log).run(budget))
+            summaries.append(PairRun(cfg, job, storage, client, exp_id, log, probe).run(budget))
         return summaries
     finally:
         # End the dispatcher (a threaded actor) here: left to die with the driver it aborts, and its stack dump
