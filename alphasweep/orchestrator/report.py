@@ -43,10 +43,10 @@ def format_table(report: dict, *, objectives: bool = True) -> str:
         parts.append("")
     for p in report["pairs"]:
         parts.append(("\n" if objectives else "") + f"{p['model']}/{p['domain']}: {p['verdict']}")
-        table = [(name, _fmt(o["score"]), f"{o['std']:.3f}" if len(o["seeds"]) > 1 else "-",
-                  _fmt_ci(o["ci"]).strip() or "-", ",".join(o["seeds"]) + (" (confirm)" if o["confirmed"] else ""))
-                 for name, o in p["objectives"].items()]
-        if objectives and table:
+        if objectives and p["objectives"]:
+            table = [(name, _fmt(o["score"]), f"{o['std']:.3f}" if len(o["seeds"]) > 1 else "-",
+                      _fmt_ci(o["ci"]).strip() or "-", ",".join(o["seeds"]) + (" (confirm)" if o["confirmed"] else ""))
+                     for name, o in p["objectives"].items()]
             parts.append(text_table(("objective", "mean", "std", "95% CI", "seeds"), table, right={1, 2}))
     return "\n".join(parts)
 
